@@ -1,0 +1,125 @@
+"""The LSTM meta-learner of Ravi & Larochelle (2017): a learned update rule and initialisation.
+
+One small LSTM is shared by every coordinate of the learner's parameter vector θ (P numbers).
+Its cell state *is* θ: the update of a coordinate is
+
+    θ_t = f_t ⊙ θ_{t-1} − i_t ⊙ ∇_t                                (paper, eq. 2)
+
+with a forget gate f_t and an input gate (a learning rate) i_t computed per coordinate.
+The recurrent state is an explicit value (:class:`MetaState`), never kept on the module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PREPROCESS_P = 10.0
+
+
+def preprocess(v: torch.Tensor, p: float = PREPROCESS_P) -> torch.Tensor:
+    """Scale-free encoding of gradients and losses (Andrychowicz et al. 2016), shape (..., 2).
+
+    (log|v| / p, sign v) if |v| >= e^-p, else (-1, e^p · v).
+    """
+    big = v.abs() >= math.exp(-p)
+    log_part = torch.where(big, torch.log(v.abs().clamp_min(math.exp(-p))) / p, -torch.ones_like(v))
+    sign_part = torch.where(big, torch.sign(v), math.exp(p) * v)
+    return torch.stack((log_part, sign_part), dim=-1)
+
+
+@dataclass(frozen=True)
+class MetaState:
+    """Recurrent state between inner steps, one row per coordinate of θ.
+
+    h, c: the shared LSTM's hidden and cell state, (P, hidden_size).
+    f, i: the previous forget and input gates, (P,).
+    """
+
+    h: torch.Tensor
+    c: torch.Tensor
+    f: torch.Tensor
+    i: torch.Tensor
+
+
+class MetaLearner(nn.Module):
+    """Plain meta-learner (``--attention none``).
+
+    Args:
+        init_theta: the learner's default initialisation; c_I (the learned θ_0) starts here.
+        input_size: LSTM input size, 4 = [prep(L_t), prep(∇_t)].
+        hidden_size: LSTM hidden size (20 in the paper).
+    """
+
+    def __init__(
+        self, init_theta: torch.Tensor, input_size: int = 4, hidden_size: int = 20
+    ) -> None:
+        super().__init__()
+        if input_size != 4:
+            raise ValueError("input_size must be 4: [prep(loss), prep(grad)]")
+        self.hidden_size = hidden_size
+        self.lstm = nn.LSTMCell(input_size, hidden_size)
+        # Gate weights over [h_t, θ_{t-1}, gate_{t-1}].
+        self.forget_weight = nn.Parameter(torch.empty(hidden_size + 2))
+        self.forget_bias = nn.Parameter(torch.empty(1))
+        self.input_weight = nn.Parameter(torch.empty(hidden_size + 2))
+        self.input_bias = nn.Parameter(torch.empty(1))
+        self.c_init = nn.Parameter(init_theta.detach().clone())  # c_I = θ_0
+        self.reset_gates()
+
+    @property
+    def num_params(self) -> int:
+        return self.c_init.numel()
+
+    def reset_gates(self) -> None:
+        """Small weights, b_F ~ U(4, 6) and b_I ~ U(-5, -4).
+
+        The forget gate starts near 1 (keep θ) and the input gate near σ(-4.5) ≈ 0.011, so
+        the untrained model is plain gradient descent with a small learning rate.
+        """
+        for w in (self.forget_weight, self.input_weight):
+            nn.init.uniform_(w, -0.01, 0.01)
+        nn.init.uniform_(self.forget_bias, 4.0, 6.0)
+        nn.init.uniform_(self.input_bias, -5.0, -4.0)
+
+    def initial_state(self) -> MetaState:
+        """Zero LSTM state and zero previous gates."""
+        like = self.c_init
+        zeros_h = like.new_zeros(like.shape[0], self.hidden_size)
+        zeros = like.new_zeros(like.shape[0])
+        return MetaState(h=zeros_h, c=zeros_h, f=zeros, i=zeros)
+
+    def context(self, h: torch.Tensor) -> torch.Tensor:
+        """What the gates read of the LSTM state; the plain model reads h_t itself."""
+        return h
+
+    def step(
+        self, grad: torch.Tensor, loss: torch.Tensor, theta: torch.Tensor, state: MetaState
+    ) -> tuple[torch.Tensor, MetaState]:
+        """One learned update. grad, theta: (P,); loss: scalar. Returns (θ_t, new state).
+
+        ``grad`` and ``loss`` must be detached: the paper drops their dependence on the
+        meta-parameters (first-order approximation).
+        """
+        x = torch.cat((preprocess(loss).expand(grad.shape[0], 2), preprocess(grad)), dim=1)
+        h, c = self.lstm(x, (state.h, state.c))
+        ctx = self.context(h)
+        # f_t = σ(W_F · [h_t, θ_{t-1}, f_{t-1}] + b_F)                        (paper, eq. 5)
+        f = torch.sigmoid(self._gate(self.forget_weight, ctx, theta, state.f) + self.forget_bias)
+        # i_t = σ(W_I · [h_t, θ_{t-1}, i_{t-1}] + b_I)                        (paper, eq. 4)
+        i = torch.sigmoid(self._gate(self.input_weight, ctx, theta, state.i) + self.input_bias)
+        # θ_t = f_t ⊙ θ_{t-1} − i_t ⊙ ∇_t                                     (paper, eq. 2)
+        theta = f * theta - i * grad
+        return theta, MetaState(h=h, c=c, f=f, i=i)
+
+    forward = step  # lets torch.func.functional_call drive a step with substituted parameters
+
+    @staticmethod
+    def _gate(
+        weight: torch.Tensor, ctx: torch.Tensor, theta: torch.Tensor, prev: torch.Tensor
+    ) -> torch.Tensor:
+        """W · [ctx, θ, prev] without materialising the concatenation."""
+        return ctx @ weight[:-2] + theta * weight[-2] + prev * weight[-1]
