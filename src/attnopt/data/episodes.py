@@ -1,0 +1,117 @@
+"""Episodes (tasks): N classes, K support and Q query images per class, drawn from an ImageSet.
+
+Sampling is stateless: episode ``i`` of a stream depends only on (seed, stream, i), so a
+resumed run draws exactly the episodes it would have drawn, and validation and test
+episodes are the same for every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnopt.data.imageset import ImageSet
+
+TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 0, 1, 2
+EVAL_SEED = 0  # validation and test episodes do not depend on --seed
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EpisodeIndices:
+    """Rows of the ImageSet for one episode, and the labels 0..N-1 given to them.
+
+    classes[j] is the ImageSet class that gets label j in this episode.
+    """
+
+    classes: np.ndarray
+    support: np.ndarray
+    support_labels: np.ndarray
+    query: np.ndarray
+    query_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One task as tensors on the device.
+
+    support_x: (N*K, C, H, W) float; support_y: (N*K,) int64.
+    query_x: (N*Q, C, H, W) float; query_y: (N*Q,) int64.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float (B, C, H, W), standardised.
+
+    Photos (3 channels) use the ImageNet mean and std; grayscale maps [0, 255] to [-1, 1].
+    """
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[1] == 3:
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    else:
+        mean, std = torch.tensor(0.5, device=x.device), torch.tensor(0.5, device=x.device)
+    return x.sub_(mean).div_(std)
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot episodes with Q queries per class from ``imageset``.
+
+    Raises UserError at construction when the set has fewer than N classes or a class has
+    fewer than K + Q images.
+    """
+
+    def __init__(
+        self,
+        imageset: ImageSet,
+        n_class: int,
+        n_shot: int,
+        n_query: int,
+        seed: int,
+        stream: int = TRAIN_STREAM,
+    ) -> None:
+        imageset.check_episode_shape(n_class, n_shot + n_query)
+        self.imageset = imageset
+        self.n_class, self.n_shot, self.n_query = n_class, n_shot, n_query
+        self.seed, self.stream = seed, stream
+        order = np.argsort(imageset.labels, kind="stable")
+        bounds = np.cumsum(imageset.class_counts())[:-1]
+        self._rows_by_class = np.split(order, bounds)
+
+    def indices(self, index: int) -> EpisodeIndices:
+        """The rows and labels of episode ``index``. Labels are assigned at random per episode."""
+        rng = np.random.default_rng([self.seed, self.stream, index])
+        k, q = self.n_shot, self.n_query
+        classes = rng.choice(len(self._rows_by_class), self.n_class, replace=False)
+        picks = np.stack(
+            [rng.choice(self._rows_by_class[c], k + q, replace=False) for c in classes]
+        )
+        labels = np.repeat(np.arange(self.n_class), k + q).reshape(self.n_class, k + q)
+        support, query = picks[:, :k].ravel(), picks[:, k:].ravel()
+        support_labels, query_labels = labels[:, :k].ravel(), labels[:, k:].ravel()
+        # Shuffle so that no algorithm can read labels off the order of the images.
+        s, qp = rng.permutation(len(support)), rng.permutation(len(query))
+        return EpisodeIndices(classes, support[s], support_labels[s], query[qp], query_labels[qp])
+
+    def episode(self, index: int, device: torch.device | str = "cpu") -> Episode:
+        """Episode ``index`` as normalised tensors on ``device``."""
+        idx = self.indices(index)
+        rows = np.concatenate((idx.support, idx.query))
+        images = torch.from_numpy(np.ascontiguousarray(self.imageset.images[rows])).to(device)
+        x = normalize(images)
+        n_support = len(idx.support)
+        return Episode(
+            support_x=x[:n_support],
+            support_y=torch.from_numpy(idx.support_labels).to(device),
+            query_x=x[n_support:],
+            query_y=torch.from_numpy(idx.query_labels).to(device),
+        )

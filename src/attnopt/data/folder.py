@@ -1,0 +1,64 @@
+"""The folder layout: ``ROOT/<split>/<class>/<image>`` (the seed's mini-ImageNet layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from attnopt.data.cache import cached_imageset, key_digest
+from attnopt.data.decode import decode_images, is_image_file
+from attnopt.data.imageset import ImageSet
+from attnopt.errors import UserError
+
+
+def list_folder_split(split_dir: Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Image paths, their labels and the class names (sorted sub-folder names) of one split."""
+    if not split_dir.is_dir():
+        raise UserError(
+            f"missing split folder {split_dir}; expected "
+            f"{split_dir.parent}/{{train,val,test}}/<class>/<image>"
+        )
+    class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise UserError(
+            f"{split_dir} has no class sub-folders; expected {split_dir}/<class>/<image>"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(f for f in class_dir.iterdir() if f.is_file() and is_image_file(f))
+        paths += files
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
+
+
+def content_signature(paths: list[Path], root: Path) -> str:
+    """A hash of every file's relative path, size and modification time."""
+    entries = []
+    for p in paths:
+        st = p.stat()
+        entries.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
+    return key_digest({"files": entries})
+
+
+def load_folder_split(
+    root: Path, split: str, image_size: int, cache_dir: Path, n_workers: int = 4
+) -> ImageSet:
+    """One split of a folder-layout data set, decoded once to RGB and cached."""
+    root = Path(root).expanduser().resolve()
+    split_dir = root / split
+    paths, labels, class_names = list_folder_split(split_dir)
+    key = {
+        "layout": "folder",
+        "root": str(root),
+        "split": split,
+        "image_size": image_size,
+        "content": content_signature(paths, root),
+    }
+
+    def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
+        images = decode_images(paths, image_size, n_workers, desc=f"decoding {split_dir}")
+        return images, labels, class_names
+
+    return cached_imageset(cache_dir, f"folder-{split}", key, build, source=str(split_dir))
