@@ -1,0 +1,5 @@
+import sys
+
+from attnopt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""Command line: ``attnopt train|test`` and the seed's ``python main.py --mode train|test``.
+
+Every user error ends with exit status 2 and one line ``error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from attnopt.checkpoint import load_checkpoint
+from attnopt.config import BN_MODES, DATA_SETS, resolve
+from attnopt.errors import UserError
+from attnopt.evaluate import test_checkpoint
+from attnopt.fileio import write_json
+from attnopt.runtime import select_device
+
+log = logging.getLogger("attnopt")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad flags as a UserError instead of printing usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _bool(text: str) -> bool:
+    """The seed's ``--pin-mem True`` style booleans."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The seed's flags (same names and meanings) plus attnopt's own. Defaults come from
+    the data set's preset (see attnopt.config), so every flag defaults to None here."""
+    g = p.add_argument_group("episodes")
+    g.add_argument("--n-shot", type=int, help="K, support images per class (5)")
+    g.add_argument("--n-eval", type=int, help="Q, query images per class (15)")
+    g.add_argument("--n-class", type=int, help="N, classes per episode (5)")
+    g = p.add_argument_group("model")
+    g.add_argument("--input-size", type=int, help="meta-learner LSTM input size (4)")
+    g.add_argument("--hidden-size", type=int, help="meta-learner LSTM hidden size (20)")
+    g.add_argument("--image-size", type=int, help="image side in pixels (28 glyphs, 84 photos)")
+    g.add_argument(
+        "--bn",
+        choices=BN_MODES,
+        help="query BatchNorm statistics: from the support set (default) or the query batch itself",
+    )
+    g.add_argument("--bn-eps", type=float, help="BatchNorm epsilon (1e-3)")
+    g.add_argument(
+        "--bn-momentum",
+        type=float,
+        help="accepted for the seed's scripts; unused: no running statistics",
+    )
+    g = p.add_argument_group("inner loop")
+    g.add_argument("--epoch", type=int, help="passes over the support set (8; 12 for 1-shot)")
+    g.add_argument("--batch-size", type=int, help="inner mini-batch size (N*K)")
+    g = p.add_argument_group("meta-training")
+    g.add_argument("--lr", type=float, help="Adam learning rate (1e-3)")
+    g.add_argument("--grad-clip", type=float, help="meta-gradient norm clip (0.25)")
+    g.add_argument("--episode", type=int, help="meta-training episodes")
+    g.add_argument("--episode-val", type=int, help="validation episodes (100)")
+    g.add_argument("--episode-test", type=int, help="test episodes (600)")
+    g.add_argument("--val-freq", type=int, help="validate every this many episodes")
+    g.add_argument("--log-freq", type=int, help="log every this many episodes (50)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", choices=DATA_SETS, help="data set (glyphs: built in)")
+    g.add_argument("--data-root", help="folder with train/, val/, test/")
+    g.add_argument("--cache-dir", help="where decoded images are cached (~/.cache/attnopt)")
+    g.add_argument("--n-workers", type=int, help="threads decoding images (4)")
+    g.add_argument("--pin-mem", type=_bool, metavar="BOOL", help="accepted for the seed; unused")
+    g = p.add_argument_group("run")
+    g.add_argument("--save", help="run folder (logs)")
+    g.add_argument("--resume", help="checkpoint to continue from (train) or to evaluate (test)")
+    g.add_argument("--cpu", action="store_true", default=None, help="use the CPU even with a GPU")
+    g.add_argument("--seed", type=int, help="random seed (0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="attnopt", description="Few-shot learning with a learned LSTM optimizer.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_flags(sub.add_parser("train", help="meta-train, then test the best checkpoint"))
+    _add_run_flags(sub.add_parser("test", help="evaluate a checkpoint on the test split"))
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "command"}
+
+
+def _train(args: argparse.Namespace) -> None:
+    from attnopt.train import train  # imported late: argument errors stay fast
+
+    result = train(resolve(_flags(args)))
+    print(f"test accuracy {result.test.summary()}")
+
+
+def _test(args: argparse.Namespace) -> None:
+    if not args.resume:
+        raise UserError("test needs --resume CKPT, the checkpoint to evaluate")
+    ckpt = load_checkpoint(args.resume)
+    config = resolve(_flags(args), base=ckpt["config"])
+    ckpt_path = Path(args.resume)
+    run_dir = (
+        Path(args.save)
+        if args.save
+        else (ckpt_path.parent.parent if ckpt_path.parent.name == "ckpts" else ckpt_path.parent)
+    )
+    result = test_checkpoint(args.resume, config, select_device(config.cpu))
+    write_json(
+        run_dir / "test.json",
+        {**result.to_dict(), "checkpoint": str(ckpt_path), "episode": ckpt["episode"]},
+    )
+    print(f"test accuracy {result.summary()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``attnopt`` command. Returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        {"train": _train, "test": _test}[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume <save>/ckpts/last.pt", file=sys.stderr)
+        return 130
+    return 0
+
+
+def seed_main(argv: Sequence[str] | None = None) -> int:
+    """``python main.py --mode train|test ...``: the seed's entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = _Parser(prog="main.py", add_help=False)
+    mode.add_argument("--mode", choices=("train", "test"))
+    try:
+        known, rest = mode.parse_known_args(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if known.mode is None:
+        if "-h" in rest or "--help" in rest:
+            return main(["--help"])
+        print("error: --mode train|test is required", file=sys.stderr)
+        return 2
+    return main([known.mode, *rest])

@@ -1,0 +1,162 @@
+"""Every setting of a run in one dataclass, with presets per data set.
+
+The command line maps onto :class:`Config`; the resolved config is saved as ``config.json``
+in the run folder before training starts and travels inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from attnopt.errors import UserError
+
+DATA_SETS = ("glyphs", "miniimagenet", "folder")
+BN_MODES = ("support", "transductive")
+ATTENTION_MODES = ("none",)
+
+# Settings that fix the shapes of the learned parameters: a checkpoint only loads into a
+# run that agrees on all of them.
+ARCHITECTURE_FIELDS = ("n_class", "image_size", "hidden_size", "input_size", "attention")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run's settings. Field names are the command-line flags with ``_`` for ``-``."""
+
+    # episodes: N-way K-shot with Q queries per class
+    n_class: int = 5
+    n_shot: int = 5
+    n_eval: int = 15
+    # inner loop: `epoch` passes over the support set in mini-batches of `batch_size`
+    epoch: int = 8
+    batch_size: int = 25
+    # meta-learner
+    input_size: int = 4
+    hidden_size: int = 20
+    attention: str = "none"
+    # learner
+    image_size: int = 28
+    bn: str = "support"
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.95  # accepted for the seed's scripts; no running statistics are kept
+    # meta-training
+    lr: float = 1e-3
+    grad_clip: float = 0.25
+    episode: int = 3000
+    episode_val: int = 100
+    episode_test: int = 600
+    val_freq: int = 500
+    log_freq: int = 50
+    # data
+    data: str = "glyphs"
+    data_root: str | None = None
+    cache_dir: str | None = None
+    n_workers: int = 4
+    pin_mem: bool = False
+    # run
+    save: str = "logs"
+    resume: str | None = None
+    cpu: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Config from a saved dict; unknown keys (from a newer version) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+# Per data set: what the seed's mini-ImageNet scripts use, and a quick preset for the built-in
+# data set that trains in minutes on a laptop CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "glyphs": {"image_size": 28, "episode": 3000, "val_freq": 500, "log_freq": 50},
+    "miniimagenet": {"image_size": 84, "episode": 50000, "val_freq": 1000, "log_freq": 50},
+    "folder": {"image_size": 84, "episode": 50000, "val_freq": 1000, "log_freq": 50},
+}
+
+
+def resolve(flags: dict[str, Any], base: Config | None = None) -> Config:
+    """The Config for the flags a user gave (None = not given) on top of ``base``.
+
+    Without ``base`` the data set's preset supplies what the flags leave out. ``base`` is a
+    checkpoint's config when testing it. Defaults that depend on other settings: ``--epoch``
+    is 12 for 1-shot and 8 otherwise, and ``--batch-size`` is the whole support set (N*K), as
+    in the original authors' configuration; they follow ``--n-shot``/``--n-class``.
+    """
+    given = {k: v for k, v in flags.items() if v is not None}
+    data = given.get("data", base.data if base else Config.data)
+    if data not in DATA_SETS:
+        raise UserError(f"--data {data!r} is not one of {', '.join(DATA_SETS)}")
+    if base is None:
+        values = {**PRESETS[data], **given}
+    else:
+        values = {**base.to_dict(), **given}
+        if "n_shot" in given or "n_class" in given:
+            for derived in ("epoch", "batch_size"):
+                if derived not in given:
+                    del values[derived]
+    n_shot = values.get("n_shot", Config.n_shot)
+    values.setdefault("epoch", 12 if n_shot == 1 else 8)
+    values.setdefault("batch_size", values.get("n_class", Config.n_class) * n_shot)
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Raise UserError naming the first flag with an impossible value."""
+    positive = (
+        "n_class",
+        "n_shot",
+        "n_eval",
+        "epoch",
+        "batch_size",
+        "hidden_size",
+        "episode",
+        "episode_val",
+        "episode_test",
+        "val_freq",
+        "log_freq",
+        "n_workers",
+    )
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise UserError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}"
+            )
+    for name in ("lr", "grad_clip", "bn_eps"):
+        if not getattr(config, name) > 0:
+            raise UserError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}"
+            )
+    if config.n_class < 2:
+        raise UserError(f"--n-class must be at least 2, got {config.n_class}")
+    if config.input_size != 4:
+        raise UserError(
+            f"--input-size must be 4 ([preprocessed loss, preprocessed gradient]), "
+            f"got {config.input_size}"
+        )
+    if config.image_size < 16:
+        raise UserError(
+            f"--image-size must be at least 16 (four 2x2 max-pools), got {config.image_size}"
+        )
+    if config.batch_size > config.n_class * config.n_shot:
+        raise UserError(
+            f"--batch-size {config.batch_size} is larger than the support set "
+            f"(--n-class x --n-shot = {config.n_class * config.n_shot})"
+        )
+    if config.bn not in BN_MODES:
+        raise UserError(f"--bn {config.bn!r} is not one of {', '.join(BN_MODES)}")
+    if config.attention not in ATTENTION_MODES:
+        raise UserError(
+            f"--attention {config.attention!r} is not one of {', '.join(ATTENTION_MODES)}"
+        )
+    if config.data != "glyphs" and not config.data_root:
+        raise UserError(
+            f"--data {config.data} needs --data-root (the folder holding train/, val/ and test/)"
+        )

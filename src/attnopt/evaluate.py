@@ -1,0 +1,97 @@
+"""Meta-testing: mean query accuracy over episodes with its 95% confidence interval."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from attnopt.adapt import adapt, query_logits
+from attnopt.checkpoint import check_compatible, load_checkpoint
+from attnopt.config import Config
+from attnopt.data import load_split
+from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, EpisodeSampler
+from attnopt.data.imageset import ImageSet
+from attnopt.models import build_model
+from attnopt.models.learner import Conv4Learner
+from attnopt.models.metalearner import MetaLearner
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean accuracy (percent) over ``episodes`` N-way K-shot episodes and its 95% CI."""
+
+    accuracy: float
+    ci95: float
+    episodes: int
+    n_class: int
+    n_shot: int
+
+    def summary(self) -> str:
+        return (
+            f"{self.accuracy:.2f}% ± {self.ci95:.2f}% (95% CI, {self.episodes} episodes, "
+            f"{self.n_class}-way {self.n_shot}-shot)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def confidence_interval(accuracies: torch.Tensor) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% interval (1.96 · sample std / √n), in percent."""
+    acc = accuracies.double() * 100.0
+    n = acc.numel()
+    half = 1.96 * acc.std().item() / math.sqrt(n) if n > 1 else float("nan")
+    return acc.mean().item(), half
+
+
+def evaluate(
+    learner: Conv4Learner,
+    metalearner: MetaLearner,
+    sampler: EpisodeSampler,
+    config: Config,
+    episodes: int,
+    device: torch.device,
+    desc: str = "eval",
+) -> EvalResult:
+    """Adapt to ``episodes`` episodes of ``sampler`` and score the query sets."""
+    accuracies = []
+    was_training = metalearner.training
+    metalearner.eval()
+    with torch.no_grad():
+        for index in tqdm(range(episodes), desc=desc, unit="ep", leave=False, mininterval=0.5):
+            ep = sampler.episode(index, device)
+            theta = adapt(
+                learner, metalearner, ep.support_x, ep.support_y, config.epoch, config.batch_size
+            )
+            logits = query_logits(learner, theta, ep.support_x, ep.query_x, config.bn)
+            accuracies.append((logits.argmax(1) == ep.query_y).float().mean())
+    metalearner.train(was_training)
+    mean, ci = confidence_interval(torch.stack(accuracies).cpu())
+    return EvalResult(mean, ci, episodes, config.n_class, config.n_shot)
+
+
+def load_trained(
+    path: str, config: Config, in_channels: int, device: torch.device
+) -> tuple[Conv4Learner, MetaLearner]:
+    """The learner and meta-learner stored in checkpoint ``path``, checked against ``config``."""
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, config, in_channels, path)
+    learner, metalearner = build_model(config, in_channels)
+    metalearner.load_state_dict(ckpt["model"])
+    return learner, metalearner.to(device)
+
+
+def test_checkpoint(
+    path: str, config: Config, device: torch.device, test_set: ImageSet | None = None
+) -> EvalResult:
+    """Evaluate checkpoint ``path`` on ``config.episode_test`` episodes of the test split."""
+    test_set = test_set if test_set is not None else load_split(config, "test")
+    sampler = EpisodeSampler(
+        test_set, config.n_class, config.n_shot, config.n_eval, EVAL_SEED, TEST_STREAM
+    )
+    learner, metalearner = load_trained(path, config, test_set.channels, device)
+    return evaluate(learner, metalearner, sampler, config, config.episode_test, device, "test")

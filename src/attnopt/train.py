@@ -1,0 +1,217 @@
+"""Meta-training: episodes -> inner loop -> query loss -> Adam step on the meta-learner.
+
+A run folder (``--save``) receives config.json, metrics.csv, train.log, ckpts/last.pt,
+ckpts/best.pt (best validation accuracy) and, at the end, test.json for the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from attnopt.adapt import adapt, query_logits
+from attnopt.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from attnopt.config import Config
+from attnopt.data import load_split
+from attnopt.data.episodes import EVAL_SEED, VAL_STREAM, EpisodeSampler
+from attnopt.errors import UserError
+from attnopt.evaluate import EvalResult, evaluate, test_checkpoint
+from attnopt.fileio import atomic_write, write_json
+from attnopt.models import build_model
+from attnopt.runtime import seed_everything, select_device
+
+log = logging.getLogger("attnopt")
+
+METRIC_FIELDS = ("episode", "split", "loss", "accuracy", "ci95", "elapsed_s")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    best_val: float
+    best_episode: int
+    test: EvalResult
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines printed above the progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record))
+
+
+class _Metrics:
+    """metrics.csv, rewritten atomically on every append so it is never half-written."""
+
+    def __init__(self, path: Path, keep_until: int | None) -> None:
+        self.path = path
+        self.rows: list[dict[str, str]] = []
+        if keep_until is not None and path.is_file():  # resume: drop rows after the checkpoint
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["episode"]) <= keep_until]
+
+    def append(self, **row: object) -> None:
+        self.rows.append({k: _fmt(row.get(k, "")) for k in METRIC_FIELDS})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, METRIC_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, lambda f: f.write(buf.getvalue()))
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _attach_log_file(run_dir: Path) -> list[logging.Handler]:
+    handlers: list[logging.Handler] = [_TqdmHandler(), logging.FileHandler(run_dir / "train.log")]
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handlers
+
+
+def train(config: Config) -> TrainResult:
+    """Meta-train as ``config`` says, then test the best checkpoint on the test split."""
+    run_dir = Path(config.save)
+    ckpt_dir = run_dir / "ckpts"
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {run_dir} (--save): {e.strerror}") from None
+    handlers = _attach_log_file(run_dir)
+    try:
+        return _train(config, run_dir, ckpt_dir)
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+
+
+def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
+    device = select_device(config.cpu)
+    seed_everything(config.seed)
+    train_set, val_set = load_split(config, "train"), load_split(config, "val")
+    train_sampler = EpisodeSampler(
+        train_set, config.n_class, config.n_shot, config.n_eval, config.seed
+    )
+    val_sampler = EpisodeSampler(
+        val_set, config.n_class, config.n_shot, config.n_eval, EVAL_SEED, VAL_STREAM
+    )
+    channels = train_set.channels
+    learner, metalearner = build_model(config, channels)
+    metalearner.to(device)
+    optimizer = torch.optim.Adam(metalearner.parameters(), lr=config.lr)
+
+    start, best_acc, best_episode = 0, -1.0, 0
+    if config.resume:
+        ckpt = load_checkpoint(config.resume)
+        check_compatible(ckpt, config, channels, config.resume)
+        metalearner.load_state_dict(ckpt["model"])
+        if ckpt["optimizer"] is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        start, best_acc, best_episode = ckpt["episode"], ckpt["best_accuracy"], ckpt["best_episode"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        log.info("resumed from %s at episode %d", config.resume, start)
+    write_json(run_dir / "config.json", config.to_dict())
+    metrics = _Metrics(run_dir / "metrics.csv", keep_until=start if config.resume else None)
+    log.info(
+        "meta-training %d-way %d-shot on %s (%d train classes), %d parameters in the "
+        "learner, device %s",
+        config.n_class,
+        config.n_shot,
+        train_set.source,
+        len(train_set.class_names),
+        learner.num_params,
+        device.type,
+    )
+
+    def save(path: Path, episode: int) -> None:
+        save_checkpoint(
+            path,
+            config=config,
+            in_channels=channels,
+            model=metalearner.state_dict(),
+            optimizer=optimizer.state_dict(),
+            episode=episode,
+            best_accuracy=best_acc,
+            best_episode=best_episode,
+        )
+
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    acc_sum = torch.zeros((), device=device)
+    window = 0
+    bar = tqdm(
+        range(start, config.episode),
+        desc="meta-train",
+        unit="ep",
+        initial=start,
+        total=config.episode,
+        mininterval=0.5,
+    )
+    for index in bar:
+        episode = index + 1
+        ep = train_sampler.episode(index, device)
+        theta = adapt(
+            learner, metalearner, ep.support_x, ep.support_y, config.epoch, config.batch_size
+        )
+        logits = query_logits(learner, theta, ep.support_x, ep.query_x, config.bn)
+        loss = F.cross_entropy(logits, ep.query_y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(metalearner.parameters(), config.grad_clip)
+        optimizer.step()
+
+        loss_sum += loss.detach()
+        acc_sum += (logits.argmax(1) == ep.query_y).float().mean()
+        window += 1
+        if episode % config.log_freq == 0 or episode == config.episode:
+            mean_loss, mean_acc = loss_sum.item() / window, 100.0 * acc_sum.item() / window
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.1f}%")
+            log.info("episode %d  train loss %.4f  acc %.2f%%", episode, mean_loss, mean_acc)
+            metrics.append(
+                episode=episode, split="train", loss=mean_loss, accuracy=mean_acc, elapsed_s=elapsed
+            )
+            loss_sum.zero_()
+            acc_sum.zero_()
+            window = 0
+        if episode % config.val_freq == 0 or episode == config.episode:
+            val = evaluate(
+                learner, metalearner, val_sampler, config, config.episode_val, device, "val"
+            )
+            log.info("episode %d  val acc %s", episode, val.summary())
+            metrics.append(
+                episode=episode,
+                split="val",
+                accuracy=val.accuracy,
+                ci95=val.ci95,
+                elapsed_s=time.perf_counter() - t0,
+            )
+            if val.accuracy > best_acc:
+                best_acc, best_episode = val.accuracy, episode
+                save(ckpt_dir / "best.pt", episode)
+            save(ckpt_dir / "last.pt", episode)
+    bar.close()
+
+    result = test_checkpoint(str(ckpt_dir / "best.pt"), config, device)
+    write_json(
+        run_dir / "test.json",
+        {**result.to_dict(), "checkpoint": "ckpts/best.pt", "episode": best_episode},
+    )
+    log.info("best val accuracy %.2f%% at episode %d", best_acc, best_episode)
+    return TrainResult(run_dir, best_acc, best_episode, result)
