@@ -62,7 +62,9 @@ def evaluate(
     was_training = metalearner.training
     metalearner.eval()
     with torch.no_grad():
-        for index in tqdm(range(episodes), desc=desc, unit="ep", leave=False, mininterval=0.5):
+        for index in tqdm(
+            range(episodes), desc=desc, unit="ep", leave=False, mininterval=0.5, disable=None
+        ):
             ep = sampler.episode(index, device)
             theta = adapt(
                 learner, metalearner, ep.support_x, ep.support_y, config.epoch, config.batch_size

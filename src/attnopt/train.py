@@ -162,6 +162,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         initial=start,
         total=config.episode,
         mininterval=0.5,
+        disable=None,  # no bar when the output is not a terminal (logs, CI)
     )
     for index in bar:
         episode = index + 1

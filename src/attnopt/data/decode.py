@@ -47,7 +47,15 @@ def decode_images(
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda p: decode_image(p, image_size, mode), paths)
         for i, array in enumerate(
-            tqdm(results, total=len(paths), desc=desc, unit="img", leave=False, mininterval=0.5)
+            tqdm(
+                results,
+                total=len(paths),
+                desc=desc,
+                unit="img",
+                leave=False,
+                mininterval=0.5,
+                disable=None,
+            )
         ):
             out[i] = array
     return out

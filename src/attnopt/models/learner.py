@@ -97,10 +97,13 @@ class Conv4Learner:
         not depend on the other query images.
         """
         p = self.unflatten(theta)
+        # channels-last lets oneDNN (CPU) and cuDNN pick their fastest convolution kernels
+        x = x.contiguous(memory_format=torch.channels_last)
         for b in range(N_BLOCKS):
             x = F.conv2d(x, p[f"block{b}.conv.weight"], p[f"block{b}.conv.bias"], padding=1)
             x = self._batch_norm(x, p[f"block{b}.bn.weight"], p[f"block{b}.bn.bias"], n_stat)
-            x = F.max_pool2d(F.relu(x), 2)
+            # relu(max_pool(x)) == max_pool(relu(x)); pooling first makes the ReLU 4x cheaper
+            x = F.relu(F.max_pool2d(x, 2))
         return F.linear(x.flatten(1), p["head.weight"], p["head.bias"])
 
     def _batch_norm(
@@ -108,10 +111,10 @@ class Conv4Learner:
     ) -> torch.Tensor:
         if n_stat is None or n_stat == x.shape[0]:
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.bn_eps)
-        ref = x[:n_stat]
-        var, mean = torch.var_mean(ref, dim=(0, 2, 3), unbiased=False, keepdim=True)
-        scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.bn_eps)
-        return (x - mean) * scale + bias.view(1, -1, 1, 1)
+        var, mean = torch.var_mean(x[:n_stat], dim=(0, 2, 3), unbiased=False)
+        scale = weight * torch.rsqrt(var + self.bn_eps)
+        shift = bias - mean * scale
+        return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
 
 
 def reference_module(learner: Conv4Learner) -> nn.Sequential:
