@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attnopt.checkpoint import load_checkpoint
-from attnopt.config import BN_MODES, DATA_SETS, resolve
+from attnopt.config import AUGMENT_MODES, BN_MODES, DATA_SETS, resolve
 from attnopt.errors import UserError
 from attnopt.evaluate import test_checkpoint
 from attnopt.fileio import write_json
@@ -75,6 +75,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", help="folder with train/, val/, test/")
     g.add_argument("--cache-dir", help="where decoded images are cached (~/.cache/attnopt)")
     g.add_argument("--n-workers", type=int, help="threads decoding images (4)")
+    g.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help="skip unreadable images (and list them) instead of stopping",
+    )
+    g.add_argument(
+        "--augment",
+        choices=AUGMENT_MODES,
+        help="training-time augmentation: auto (photos: crop/flip/jitter; glyphs: mild "
+        "affine) or none",
+    )
     g.add_argument("--pin-mem", type=_bool, metavar="BOOL", help="accepted for the seed; unused")
     g = p.add_argument_group("run")
     g.add_argument("--save", help="run folder (logs)")

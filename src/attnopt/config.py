@@ -14,6 +14,7 @@ from attnopt.errors import UserError
 
 DATA_SETS = ("glyphs", "miniimagenet", "folder")
 BN_MODES = ("support", "transductive")
+AUGMENT_MODES = ("auto", "none")
 ATTENTION_MODES = ("none",)
 
 # Settings that fix the shapes of the learned parameters: a checkpoint only loads into a
@@ -54,6 +55,8 @@ class Config:
     data_root: str | None = None
     cache_dir: str | None = None
     n_workers: int = 4
+    skip_bad_images: bool = False
+    augment: str = "auto"
     pin_mem: bool = False
     # run
     save: str = "logs"
@@ -154,6 +157,8 @@ def validate(config: Config) -> None:
         )
     if config.bn not in BN_MODES:
         raise UserError(f"--bn {config.bn!r} is not one of {', '.join(BN_MODES)}")
+    if config.augment not in AUGMENT_MODES:
+        raise UserError(f"--augment {config.augment!r} is not one of {', '.join(AUGMENT_MODES)}")
     if config.attention not in ATTENTION_MODES:
         raise UserError(
             f"--attention {config.attention!r} is not one of {', '.join(ATTENTION_MODES)}"
