@@ -54,8 +54,8 @@ def test_support_statistics_make_query_predictions_independent_of_other_queries(
     learner = Conv4Learner(3, 5, 32)
     theta = learner.init_theta()
     support, queries = torch.randn(10, 3, 32, 32), torch.randn(6, 3, 32, 32)
-    together = learner(theta, torch.cat((support, queries)), n_stat=10)[10:]
-    alone = learner(theta, torch.cat((support, queries[:1])), n_stat=10)[10:]
+    together = learner(theta, torch.cat((support, queries)), n_support=10)[10:]
+    alone = learner(theta, torch.cat((support, queries[:1])), n_support=10)[10:]
     torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-5)
     # With the batch's own statistics (transductive) the other queries do matter.
     transductive = learner(theta, queries)
@@ -67,7 +67,7 @@ def test_support_statistics_path_equals_batch_norm_on_the_support_alone() -> Non
     learner = Conv4Learner(3, 5, 32)
     theta = learner.init_theta()
     support = torch.randn(10, 3, 32, 32)
-    both = learner(theta, torch.cat((support, torch.randn(4, 3, 32, 32))), n_stat=10)
+    both = learner(theta, torch.cat((support, torch.randn(4, 3, 32, 32))), n_support=10)
     torch.testing.assert_close(both[:10], learner(theta, support), rtol=1e-4, atol=1e-5)
 
 

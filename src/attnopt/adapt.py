@@ -65,7 +65,5 @@ def query_logits(
     bn="support": BatchNorm uses the support set's statistics under θ, so each query image is
     classified on its own. bn="transductive": the query batch's own statistics.
     """
-    if bn == "transductive":
-        return learner(theta, query_x)
-    both = torch.cat((support_x, query_x))
-    return learner(theta, both, n_stat=support_x.shape[0])[support_x.shape[0] :]
+    n = support_x.shape[0]
+    return learner(theta, torch.cat((support_x, query_x)), n_support=n, bn=bn)[n:]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attnopt.checkpoint import load_checkpoint
-from attnopt.config import AUGMENT_MODES, BN_MODES, DATA_SETS, resolve
+from attnopt.config import ATTENTION_MODES, AUGMENT_MODES, BN_MODES, DATA_SETS, resolve
 from attnopt.errors import UserError
 from attnopt.evaluate import test_checkpoint
 from attnopt.fileio import write_json
@@ -47,6 +47,15 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--input-size", type=int, help="meta-learner LSTM input size (4)")
     g.add_argument("--hidden-size", type=int, help="meta-learner LSTM hidden size (20)")
+    g.add_argument(
+        "--attention",
+        choices=ATTENTION_MODES,
+        help="both = MLAL (default); meta = attention-LSTM meta-learner; learner = "
+        "cross-attention learner; none = Ravi & Larochelle",
+    )
+    g.add_argument(
+        "--attn-chunk", type=int, help="coordinates per meta-learner attention token (64)"
+    )
     g.add_argument("--image-size", type=int, help="image side in pixels (28 glyphs, 84 photos)")
     g.add_argument(
         "--bn",

@@ -15,7 +15,7 @@ from attnopt.errors import UserError
 DATA_SETS = ("glyphs", "miniimagenet", "folder")
 BN_MODES = ("support", "transductive")
 AUGMENT_MODES = ("auto", "none")
-ATTENTION_MODES = ("none",)
+ATTENTION_MODES = ("both", "meta", "learner", "none")
 
 # Settings that fix the shapes of the learned parameters: a checkpoint only loads into a
 # run that agrees on all of them.
@@ -36,7 +36,8 @@ class Config:
     # meta-learner
     input_size: int = 4
     hidden_size: int = 20
-    attention: str = "none"
+    attention: str = "both"
+    attn_chunk: int = 64
     # learner
     image_size: int = 28
     bn: str = "support"
@@ -128,6 +129,7 @@ def validate(config: Config) -> None:
         "val_freq",
         "log_freq",
         "n_workers",
+        "attn_chunk",
     )
     for name in positive:
         if getattr(config, name) < 1:

@@ -15,9 +15,7 @@ from attnopt.config import Config
 from attnopt.data import load_split
 from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, EpisodeSampler
 from attnopt.data.imageset import ImageSet
-from attnopt.models import build_model
-from attnopt.models.learner import Conv4Learner
-from attnopt.models.metalearner import MetaLearner
+from attnopt.models import FewShotModel, build_model
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,7 @@ def confidence_interval(accuracies: torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate(
-    learner: Conv4Learner,
-    metalearner: MetaLearner,
+    model: FewShotModel,
     sampler: EpisodeSampler,
     config: Config,
     episodes: int,
@@ -59,32 +56,35 @@ def evaluate(
 ) -> EvalResult:
     """Adapt to ``episodes`` episodes of ``sampler`` and score the query sets."""
     accuracies = []
-    was_training = metalearner.training
-    metalearner.eval()
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
         for index in tqdm(
             range(episodes), desc=desc, unit="ep", leave=False, mininterval=0.5, disable=None
         ):
             ep = sampler.episode(index, device)
             theta = adapt(
-                learner, metalearner, ep.support_x, ep.support_y, config.epoch, config.batch_size
+                model.learner,
+                model.metalearner,
+                ep.support_x,
+                ep.support_y,
+                config.epoch,
+                config.batch_size,
             )
-            logits = query_logits(learner, theta, ep.support_x, ep.query_x, config.bn)
+            logits = query_logits(model.learner, theta, ep.support_x, ep.query_x, config.bn)
             accuracies.append((logits.argmax(1) == ep.query_y).float().mean())
-    metalearner.train(was_training)
+    model.train(was_training)
     mean, ci = confidence_interval(torch.stack(accuracies).cpu())
     return EvalResult(mean, ci, episodes, config.n_class, config.n_shot)
 
 
-def load_trained(
-    path: str, config: Config, in_channels: int, device: torch.device
-) -> tuple[Conv4Learner, MetaLearner]:
-    """The learner and meta-learner stored in checkpoint ``path``, checked against ``config``."""
+def load_trained(path: str, config: Config, in_channels: int, device: torch.device) -> FewShotModel:
+    """The model stored in checkpoint ``path``, checked against ``config``."""
     ckpt = load_checkpoint(path)
     check_compatible(ckpt, config, in_channels, path)
-    learner, metalearner = build_model(config, in_channels)
-    metalearner.load_state_dict(ckpt["model"])
-    return learner, metalearner.to(device)
+    model = build_model(config, in_channels)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
 
 
 def test_checkpoint(
@@ -95,5 +95,5 @@ def test_checkpoint(
     sampler = EpisodeSampler(
         test_set, config.n_class, config.n_shot, config.n_eval, EVAL_SEED, TEST_STREAM
     )
-    learner, metalearner = load_trained(path, config, test_set.channels, device)
-    return evaluate(learner, metalearner, sampler, config, config.episode_test, device, "test")
+    model = load_trained(path, config, test_set.channels, device)
+    return evaluate(model, sampler, config, config.episode_test, device, "test")

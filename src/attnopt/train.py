@@ -112,15 +112,15 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         val_set, config.n_class, config.n_shot, config.n_eval, EVAL_SEED, VAL_STREAM
     )
     channels = train_set.channels
-    learner, metalearner = build_model(config, channels)
-    metalearner.to(device)
-    optimizer = torch.optim.Adam(metalearner.parameters(), lr=config.lr)
+    model = build_model(config, channels).to(device)
+    learner, metalearner = model.learner, model.metalearner
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     start, best_acc, best_episode = 0, -1.0, 0
     if config.resume:
         ckpt = load_checkpoint(config.resume)
         check_compatible(ckpt, config, channels, config.resume)
-        metalearner.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])
         if ckpt["optimizer"] is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
         start, best_acc, best_episode = ckpt["episode"], ckpt["best_accuracy"], ckpt["best_episode"]
@@ -144,7 +144,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
             path,
             config=config,
             in_channels=channels,
-            model=metalearner.state_dict(),
+            model=model.state_dict(),
             optimizer=optimizer.state_dict(),
             episode=episode,
             best_accuracy=best_acc,
@@ -174,7 +174,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         loss = F.cross_entropy(logits, ep.query_y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(metalearner.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
 
         loss_sum += loss.detach()
@@ -192,9 +192,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
             acc_sum.zero_()
             window = 0
         if episode % config.val_freq == 0 or episode == config.episode:
-            val = evaluate(
-                learner, metalearner, val_sampler, config, config.episode_val, device, "val"
-            )
+            val = evaluate(model, val_sampler, config, config.episode_val, device, "val")
             log.info("episode %d  val acc %s", episode, val.summary())
             metrics.append(
                 episode=episode,

@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from attnopt.config import Config
 from attnopt.models.learner import Conv4Learner
-from attnopt.models.metalearner import MetaLearner
+from attnopt.models.metalearner import AttentionMetaLearner, MetaLearner
 
 
-def build_model(config: Config, in_channels: int) -> tuple[Conv4Learner, MetaLearner]:
-    """The learner and its meta-learner for ``config``, freshly initialised (global torch RNG)."""
-    learner = Conv4Learner(in_channels, config.n_class, config.image_size, bn_eps=config.bn_eps)
-    metalearner = MetaLearner(learner.init_theta(), config.input_size, config.hidden_size)
-    return learner, metalearner
+class FewShotModel(nn.Module):
+    """Everything meta-training learns: the meta-learner (c_I, LSTM, gates, attention) and
+    the learner's own meta-parameters (the cross-attention scale). Its ``state_dict`` is what
+    a checkpoint stores; θ itself is never a parameter of it.
+    """
+
+    def __init__(self, learner: Conv4Learner, metalearner: MetaLearner) -> None:
+        super().__init__()
+        self.learner = learner
+        self.metalearner = metalearner
+
+
+def build_model(config: Config, in_channels: int) -> FewShotModel:
+    """The model that ``config`` describes, freshly initialised (global torch RNG).
+
+    ``--attention``: none = Ravi & Larochelle; meta = attention-LSTM meta-learner;
+    learner = cross-attention learner; both = MLAL.
+    """
+    learner = Conv4Learner(
+        in_channels,
+        config.n_class,
+        config.image_size,
+        bn_eps=config.bn_eps,
+        cross_attention=config.attention in ("learner", "both"),
+    )
+    init_theta = learner.init_theta()
+    if config.attention in ("meta", "both"):
+        metalearner: MetaLearner = AttentionMetaLearner(
+            init_theta,
+            [s.numel for s in learner.specs],
+            config.input_size,
+            config.hidden_size,
+            chunk=config.attn_chunk,
+        )
+    else:
+        metalearner = MetaLearner(init_theta, config.input_size, config.hidden_size)
+    return FewShotModel(learner, metalearner)

@@ -4,6 +4,9 @@ Four blocks of conv 3x3 (32 filters, padding 1) -> BatchNorm -> ReLU -> max-pool
 linear layer to N logits (Ravi & Larochelle 2017, after Vinyals et al. 2016). θ is sliced
 into views, never copied into ``nn.Parameter``s, so one learner serves both the inner loop
 (gradients at a detached θ) and the meta-objective (logits at a θ that carries the graph).
+
+With ``cross_attention=True`` (MLAL's base-learner, ``--attention learner|both``) the feature
+map after block 3 attends to the support set of its episode (see :meth:`Conv4Learner.forward`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 N_BLOCKS = 4
+ATTENTION_AFTER_BLOCK = 2  # 0-based: after conv block 3
 
 
 @dataclass(frozen=True)
@@ -31,16 +35,16 @@ class ParamSpec:
         return math.prod(self.shape)
 
 
-def feature_size(image_size: int) -> int:
-    """Side of the feature map after four 2x2 max-pools (floor division, as nn.MaxPool2d)."""
-    for _ in range(N_BLOCKS):
+def feature_size(image_size: int, blocks: int = N_BLOCKS) -> int:
+    """Side of the feature map after ``blocks`` 2x2 max-pools (floor division, as nn.MaxPool2d)."""
+    for _ in range(blocks):
         image_size //= 2
     if image_size < 1:
         raise ValueError("images must be at least 16x16 pixels for four 2x2 max-pools")
     return image_size
 
 
-class Conv4Learner:
+class Conv4Learner(nn.Module):
     """The learner: ``logits = learner(theta, x)``.
 
     Args:
@@ -49,13 +53,24 @@ class Conv4Learner:
         image_size: side of the square input images.
         width: filters per conv layer (32 in the paper).
         bn_eps: BatchNorm epsilon (``--bn-eps``).
+        cross_attention: add MLAL's support-set cross-attention after block 3.
+
+    The module's own parameters are meta-parameters that the inner loop does not adapt: only
+    ``attn_scale`` (per-channel, zero-initialised) when ``cross_attention`` is on.
     """
 
     def __init__(
-        self, in_channels: int, n_class: int, image_size: int, width: int = 32, bn_eps: float = 1e-3
+        self,
+        in_channels: int,
+        n_class: int,
+        image_size: int,
+        width: int = 32,
+        bn_eps: float = 1e-3,
+        cross_attention: bool = False,
     ) -> None:
+        super().__init__()
         self.in_channels, self.n_class, self.image_size = in_channels, n_class, image_size
-        self.width, self.bn_eps = width, bn_eps
+        self.width, self.bn_eps, self.cross_attention = width, bn_eps, cross_attention
         side = feature_size(image_size)
         shapes: list[tuple[str, tuple[int, ...]]] = []
         c_in = in_channels
@@ -68,6 +83,14 @@ class Conv4Learner:
             ]
             c_in = width
         shapes += [("head.weight", (n_class, width * side * side)), ("head.bias", (n_class,))]
+        if cross_attention:  # after the plain layout, so shared coordinates keep their offsets
+            shapes += [("attn.norm.weight", (width,)), ("attn.norm.bias", (width,))]
+            shapes += [
+                (f"attn.{w}.weight", (width, width)) for w in ("query", "key", "value", "out")
+            ]
+            # y = x + attn_scale ⊙ W_O·Attn(...): a meta-parameter, zero at first, so the untrained
+            # model is exactly the plain one during the whole inner loop (∂L/∂θ_attn = 0).
+            self.attn_scale = nn.Parameter(torch.zeros(width))
         self.specs: tuple[ParamSpec, ...] = ()
         offset = 0
         for name, shape in shapes:
@@ -80,47 +103,115 @@ class Conv4Learner:
         return {s.name: theta[s.offset : s.offset + s.numel].view(s.shape) for s in self.specs}
 
     def init_theta(self) -> torch.Tensor:
-        """PyTorch's default initialisation of the equivalent ``nn.Module`` as a flat vector.
+        """PyTorch's default initialisation of the equivalent ``nn.Module``s, as a flat vector.
 
-        Draws from the global torch RNG (seeded by ``--seed``).
+        Draws from the global torch RNG (seeded by ``--seed``); the plain coordinates are drawn
+        first, so they are the same with and without cross-attention.
         """
-        return nn.utils.parameters_to_vector(reference_module(self).parameters()).detach()
+        parts = [nn.utils.parameters_to_vector(reference_module(self).parameters()).detach()]
+        if self.cross_attention:
+            parts += [torch.ones(self.width), torch.zeros(self.width)]  # LayerNorm
+            for _ in range(4):  # W_Q, W_K, W_V, W_O as nn.Linear(width, width, bias=False)
+                parts.append(nn.Linear(self.width, self.width, bias=False).weight.detach().ravel())
+        return torch.cat(parts)
 
-    def __call__(
-        self, theta: torch.Tensor, x: torch.Tensor, n_stat: int | None = None
+    def forward(
+        self,
+        theta: torch.Tensor,
+        x: torch.Tensor,
+        n_support: int | None = None,
+        bn: str = "support",
     ) -> torch.Tensor:
         """Logits (B, N) for images ``x`` (B, C, H, W).
 
-        BatchNorm normalises with the statistics of the first ``n_stat`` images of the batch
-        (all of them when None). Passing ``cat([support, query])`` with ``n_stat=len(support)``
-        normalises the query with the support set's statistics, so a query image's logits do
-        not depend on the other query images.
+        The first ``n_support`` images of ``x`` are the episode's support set (all of them
+        when None); the rest are query images. Support images provide the cross-attention keys
+        and values, and with ``bn="support"`` the BatchNorm statistics, so a query image's
+        logits depend on the support set and itself only. ``bn="transductive"`` normalises the
+        query images with their own batch statistics instead.
         """
         p = self.unflatten(theta)
+        n_support = x.shape[0] if n_support is None else n_support
         # channels-last lets oneDNN (CPU) and cuDNN pick their fastest convolution kernels
         x = x.contiguous(memory_format=torch.channels_last)
         for b in range(N_BLOCKS):
-            x = F.conv2d(x, p[f"block{b}.conv.weight"], p[f"block{b}.conv.bias"], padding=1)
-            x = self._batch_norm(x, p[f"block{b}.bn.weight"], p[f"block{b}.bn.bias"], n_stat)
-            # relu(max_pool(x)) == max_pool(relu(x)); pooling first makes the ReLU 4x cheaper
-            x = F.relu(F.max_pool2d(x, 2))
+            x = self._block(p, b, x, n_support, bn)
+            if self.cross_attention and b == ATTENTION_AFTER_BLOCK:
+                x = self._cross_attend(p, x, n_support)
         return F.linear(x.flatten(1), p["head.weight"], p["head.bias"])
 
-    def _batch_norm(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_stat: int | None
+    def _block(
+        self, p: dict[str, torch.Tensor], b: int, x: torch.Tensor, n_support: int, bn: str
     ) -> torch.Tensor:
-        if n_stat is None or n_stat == x.shape[0]:
+        x = F.conv2d(x, p[f"block{b}.conv.weight"], p[f"block{b}.conv.bias"], padding=1)
+        x = self._batch_norm(x, p[f"block{b}.bn.weight"], p[f"block{b}.bn.bias"], n_support, bn)
+        # relu(max_pool(x)) == max_pool(relu(x)); pooling first makes the ReLU 4x cheaper
+        return F.relu(F.max_pool2d(x, 2))
+
+    def _batch_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_support: int, bn: str
+    ) -> torch.Tensor:
+        if n_support == x.shape[0]:
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.bn_eps)
-        var, mean = torch.var_mean(x[:n_stat], dim=(0, 2, 3), unbiased=False)
+        if bn == "transductive":  # support and query each with their own statistics
+            return torch.cat(
+                [
+                    F.batch_norm(part, None, None, weight, bias, training=True, eps=self.bn_eps)
+                    for part in (x[:n_support], x[n_support:])
+                ]
+            )
+        var, mean = torch.var_mean(x[:n_support], dim=(0, 2, 3), unbiased=False)
         scale = weight * torch.rsqrt(var + self.bn_eps)
         shift = bias - mean * scale
         return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
 
+    def _attention_inputs(
+        self, p: dict[str, torch.Tensor], x: torch.Tensor, n_support: int
+    ) -> tuple[torch.Tensor, ...]:
+        """Tokens (B, HW, C) and q (1, B·HW, C), k and v (1, n_support·HW, C)."""
+        tokens = x.flatten(2).transpose(1, 2)
+        normed = F.layer_norm(tokens, (self.width,), p["attn.norm.weight"], p["attn.norm.bias"])
+        support = normed[:n_support].reshape(1, -1, self.width)  # keys/values: support set only
+        q = F.linear(normed.reshape(1, -1, self.width), p["attn.query.weight"])
+        return (
+            tokens,
+            q,
+            F.linear(support, p["attn.key.weight"]),
+            F.linear(support, p["attn.value.weight"]),
+        )
+
+    def _cross_attend(
+        self, p: dict[str, torch.Tensor], x: torch.Tensor, n_support: int
+    ) -> torch.Tensor:
+        """y = x + γ ⊙ W_O · softmax(q kᵀ / √d) v with q = LN(x) W_Q, k = LN(s) W_K, v = LN(s) W_V,
+        s the support set's tokens (MLAL's base-learner attention, with the softmax)."""
+        b, c, h, w = x.shape
+        tokens, q, k, v = self._attention_inputs(p, x, n_support)
+        attended = F.scaled_dot_product_attention(q, k, v).reshape(b, h * w, c)
+        y = tokens + self.attn_scale * F.linear(attended, p["attn.out.weight"])
+        return y.transpose(1, 2).reshape(b, c, h, w)
+
+    def cross_attention_weights(
+        self, theta: torch.Tensor, x: torch.Tensor, n_support: int
+    ) -> torch.Tensor:
+        """Attention of every image's positions over the support positions after block 3.
+
+        Returns (B, HW, n_support, HW): for image i and position j, a distribution over the
+        positions of the support images. For inspection and plots, not used in training.
+        """
+        p = self.unflatten(theta)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for b in range(ATTENTION_AFTER_BLOCK + 1):
+            x = self._block(p, b, x, n_support, "support")
+        _, q, k, _ = self._attention_inputs(p, x, n_support)
+        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(self.width), dim=-1)
+        hw = x.shape[2] * x.shape[3]
+        return weights.reshape(x.shape[0], hw, n_support, hw)
+
 
 def reference_module(learner: Conv4Learner) -> nn.Sequential:
-    """The ``nn.Module`` that ``learner`` computes (train-mode BatchNorm, no running stats).
-
-    Its ``parameters()`` come in θ's order, so ``parameters_to_vector`` maps it onto θ.
+    """The ``nn.Module`` that a plain ``learner`` computes (train-mode BatchNorm, no running
+    stats). Its ``parameters()`` come in θ's order, so ``parameters_to_vector`` maps it onto θ.
     """
     layers: list[nn.Module] = []
     c_in = learner.in_channels

@@ -12,6 +12,7 @@ The recurrent state is an explicit value (:class:`MetaState`), never kept on the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ class MetaState:
     c: torch.Tensor
     f: torch.Tensor
     i: torch.Tensor
+    attention: torch.Tensor | None = None  # (G, G) weights between chunk tokens, for inspection
 
 
 class MetaLearner(nn.Module):
@@ -92,9 +94,12 @@ class MetaLearner(nn.Module):
         zeros = like.new_zeros(like.shape[0])
         return MetaState(h=zeros_h, c=zeros_h, f=zeros, i=zeros)
 
-    def context(self, h: torch.Tensor) -> torch.Tensor:
-        """What the gates read of the LSTM state; the plain model reads h_t itself."""
-        return h
+    def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the gates read of the LSTM state (P, hidden), and the attention weights if any.
+
+        The plain model reads h_t itself.
+        """
+        return h, None
 
     def step(
         self, grad: torch.Tensor, loss: torch.Tensor, theta: torch.Tensor, state: MetaState
@@ -106,14 +111,14 @@ class MetaLearner(nn.Module):
         """
         x = torch.cat((preprocess(loss).expand(grad.shape[0], 2), preprocess(grad)), dim=1)
         h, c = self.lstm(x, (state.h, state.c))
-        ctx = self.context(h)
+        ctx, attention = self.context(h)
         # f_t = σ(W_F · [h_t, θ_{t-1}, f_{t-1}] + b_F)                        (paper, eq. 5)
         f = torch.sigmoid(self._gate(self.forget_weight, ctx, theta, state.f) + self.forget_bias)
         # i_t = σ(W_I · [h_t, θ_{t-1}, i_{t-1}] + b_I)                        (paper, eq. 4)
         i = torch.sigmoid(self._gate(self.input_weight, ctx, theta, state.i) + self.input_bias)
         # θ_t = f_t ⊙ θ_{t-1} − i_t ⊙ ∇_t                                     (paper, eq. 2)
         theta = f * theta - i * grad
-        return theta, MetaState(h=h, c=c, f=f, i=i)
+        return theta, MetaState(h=h, c=c, f=f, i=i, attention=attention)
 
     forward = step  # lets torch.func.functional_call drive a step with substituted parameters
 
@@ -123,3 +128,74 @@ class MetaLearner(nn.Module):
     ) -> torch.Tensor:
         """W · [ctx, θ, prev] without materialising the concatenation."""
         return ctx @ weight[:-2] + theta * weight[-2] + prev * weight[-1]
+
+
+def chunk_layout(tensor_sizes: Sequence[int], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each parameter tensor into chunks of at most ``chunk`` consecutive coordinates.
+
+    Returns chunk_of_coordinate (P,) and tensor_of_chunk (G,); no chunk spans two tensors.
+    """
+    chunk_of_coordinate, tensor_of_chunk = [], []
+    for t, size in enumerate(tensor_sizes):
+        n_chunks = math.ceil(size / chunk)
+        first = len(tensor_of_chunk)
+        chunk_of_coordinate.append(first + torch.arange(size) // chunk)
+        tensor_of_chunk += [t] * n_chunks
+    return torch.cat(chunk_of_coordinate), torch.tensor(tensor_of_chunk)
+
+
+class AttentionMetaLearner(MetaLearner):
+    """MLAL's attention-LSTM meta-learner (``--attention meta``).
+
+    The plain model updates each coordinate seeing only its own gradient history; here the
+    coordinates see the rest of the network. Each parameter tensor is cut into chunks of at
+    most ``chunk`` coordinates; a chunk's token is the mean LSTM state of its coordinates plus
+    a learned embedding of its tensor (the hierarchy: coordinates -> chunks -> tensors).
+    Self-attention over the G tokens gives a context per chunk, added back to the state of
+    every coordinate in the chunk through W_O, which starts at zero: the untrained model is
+    exactly the plain one. Cost per step O(P·hidden + G²·d).
+
+    Args:
+        tensor_sizes: sizes of the learner's parameter tensors, in θ's order (sum = P).
+        chunk: ``--attn-chunk``; attn_dim: d, the width of queries, keys and values.
+    """
+
+    def __init__(
+        self,
+        init_theta: torch.Tensor,
+        tensor_sizes: Sequence[int],
+        input_size: int = 4,
+        hidden_size: int = 20,
+        chunk: int = 64,
+        attn_dim: int = 16,
+    ) -> None:
+        super().__init__(init_theta, input_size, hidden_size)
+        if sum(tensor_sizes) != init_theta.numel():
+            raise ValueError("tensor_sizes must add up to the number of learner parameters")
+        chunk_of_coordinate, tensor_of_chunk = chunk_layout(tensor_sizes, chunk)
+        # Derived from the layout, so kept out of checkpoints.
+        self.register_buffer("chunk_of_coordinate", chunk_of_coordinate, persistent=False)
+        self.register_buffer("tensor_of_chunk", tensor_of_chunk, persistent=False)
+        counts = torch.bincount(chunk_of_coordinate).to(init_theta.dtype)
+        self.register_buffer("chunk_size", counts.unsqueeze(1), persistent=False)
+        self.tensor_embedding = nn.Parameter(0.1 * torch.randn(len(tensor_sizes), hidden_size))
+        self.attn_query = nn.Linear(hidden_size, attn_dim, bias=False)
+        self.attn_key = nn.Linear(hidden_size, attn_dim, bias=False)
+        self.attn_value = nn.Linear(hidden_size, attn_dim, bias=False)
+        self.attn_out = nn.Linear(attn_dim, hidden_size, bias=False)
+        nn.init.zeros_(self.attn_out.weight)  # start as the plain model
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_size.shape[0]
+
+    def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """h̃_t = h_t + W_O · ctx_g for every coordinate of chunk g."""
+        # token_g = mean of h_t over chunk g + embedding of its tensor
+        sums = h.new_zeros(self.num_chunks, h.shape[1]).index_add_(0, self.chunk_of_coordinate, h)
+        tokens = sums / self.chunk_size + self.tensor_embedding[self.tensor_of_chunk]
+        q, k, v = self.attn_query(tokens), self.attn_key(tokens), self.attn_value(tokens)
+        # ctx = softmax(Q Kᵀ / √d) V over the G tokens
+        weights = torch.softmax(q @ k.T / math.sqrt(q.shape[1]), dim=-1)
+        ctx = weights @ v
+        return h + self.attn_out(ctx)[self.chunk_of_coordinate], weights
