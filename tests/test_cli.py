@@ -217,3 +217,13 @@ def test_console_script_and_main_py_exit_2_on_bad_flags(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
         assert proc.stderr.startswith("error: ") and "--n-class" in proc.stderr
+
+
+def test_checkpoint_of_one_attention_variant_refuses_another(
+    trained_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ckpt = trained_run / "ckpts" / "best.pt"
+    assert json.loads((trained_run / "config.json").read_text())["attention"] == "both"
+    assert main(["test", "--resume", str(ckpt), "--attention", "none", "--cpu"]) == 2
+    line = error_line(capsys)
+    assert "--attention both" in line and str(ckpt) in line

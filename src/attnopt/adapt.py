@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value
 
 from attnopt.models.learner import Conv4Learner
-from attnopt.models.metalearner import MetaLearner
+from attnopt.models.metalearner import MetaLearner, MetaState
 
 
 def support_loss_and_grad(
@@ -34,22 +36,28 @@ def adapt(
     support_y: torch.Tensor,
     epochs: int,
     batch_size: int,
+    on_step: Callable[[int, torch.Tensor, MetaState], None] | None = None,
 ) -> torch.Tensor:
     """Run the learned optimizer on one task's support set.
 
     support_x: (N*K, C, H, W); support_y: (N*K,) labels in 0..N-1.
     ``epochs`` passes over the support set in mini-batches of ``batch_size`` give
     T = epochs * ceil(N*K / batch_size) steps. Returns θ_T (P,), differentiable with respect
-    to the meta-learner's parameters (c_I, the LSTM and the gates) when grad mode is on.
+    to the meta-parameters (c_I, the LSTM, the gates, attention) when grad mode is on.
+    ``on_step(t, θ_t, state)`` is called after every step (for inspection and plots).
     """
     theta = metalearner.c_init  # θ_0 = c_I
     state = metalearner.initial_state()
     n = support_x.shape[0]
+    t = 0
     for _ in range(epochs):
         for start in range(0, n, batch_size):
             x, y = support_x[start : start + batch_size], support_y[start : start + batch_size]
             loss, grad = support_loss_and_grad(learner, theta, x, y)
             theta, state = metalearner.step(grad, loss, theta, state)
+            t += 1
+            if on_step is not None:
+                on_step(t, theta, state)
     return theta
 
 
