@@ -51,3 +51,108 @@ def make_folder_dataset(
 def folder_dataset(tmp_path: Path) -> Path:
     """A tiny mini-ImageNet-like tree: 3 splits x 6 classes x 6 images of varied sizes."""
     return make_folder_dataset(tmp_path / "mini")
+
+
+# One tiny photo set written in each mini-ImageNet layout: split -> class -> images (H, W, 3).
+Photos = dict[str, dict[str, list[np.ndarray]]]
+
+
+def make_photos(classes: int = 3, per_class: int = 4, size: int = 84, seed: int = 0) -> Photos:
+    """Random uint8 RGB images for every split; class names differ between splits."""
+    rng = np.random.default_rng(seed)
+    return {
+        split: {
+            f"n{split}{c:03d}": [
+                rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(per_class)
+            ]
+            for c in range(classes)
+        }
+        for split in ("train", "val", "test")
+    }
+
+
+def _image_name(name: str, i: int) -> str:
+    return f"{name}{i:08d}.png"
+
+
+def write_folder_layout(root: Path, photos: Photos) -> Path:
+    """ROOT/<split>/<class>/<image>.png (lossless, so every layout holds the same pixels)."""
+    for split, classes in photos.items():
+        for name, images in classes.items():
+            for i, pixels in enumerate(images):
+                path = root / split / name / _image_name(name, i)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path)
+    return root
+
+
+def write_csv_layout(root: Path, photos: Photos, seed: int = 0) -> Path:
+    """ROOT/<split>.csv (filename,label) plus ROOT/images/. Rows of different classes are
+    interleaved at random, but each class's rows stay in the order of its images."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for split, classes in photos.items():
+        queues = []
+        for name, images in classes.items():
+            for i, pixels in enumerate(images):
+                Image.fromarray(pixels).save(root / "images" / _image_name(name, i))
+            queues.append([f"{_image_name(name, i)},{name}" for i in range(len(images))])
+        turns = rng.permutation(np.repeat(np.arange(len(queues)), [len(q) for q in queues]))
+        lines = ["filename,label", *(queues[t].pop(0) for t in turns)]
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def pickle_cache(classes: dict[str, list[np.ndarray]], seed: int = 0) -> dict:
+    """``{'image_data': (N, H, W, 3), 'class_dict': {label: [rows]}}`` with rows shuffled
+    and classes in reverse order, as a mini-ImageNet pickle cache holds them."""
+    rng = np.random.default_rng(seed)
+    flat = [(name, i, px) for name, images in classes.items() for i, px in enumerate(images)]
+    perm = rng.permutation(len(flat))  # perm[j]: the row where image j is stored
+    image_data = np.empty((len(flat), *flat[0][2].shape), dtype=np.uint8)
+    class_dict: dict[str, list[int]] = {name: [] for name in reversed(classes.keys())}
+    for j, (name, _, pixels) in enumerate(flat):
+        image_data[perm[j]] = pixels
+        class_dict[name].append(int(perm[j]))
+    return {"image_data": image_data, "class_dict": class_dict}
+
+
+def write_pickle_layout(
+    root: Path, photos: Photos, val_name: str = "val", protocol: int = 4, byte_keys: bool = False
+) -> Path:
+    """ROOT/mini-imagenet-cache-<split>.pkl; ``byte_keys`` writes b'image_data' and byte labels."""
+    import pickle
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split, classes in photos.items():
+        cache = pickle_cache(classes)
+        if byte_keys:
+            cache = {
+                b"image_data": cache["image_data"],
+                b"class_dict": {k.encode(): v for k, v in cache["class_dict"].items()},
+            }
+        name = val_name if split == "val" else split
+        with open(root / f"mini-imagenet-cache-{name}.pkl", "wb") as f:
+            pickle.dump(cache, f, protocol=protocol)
+    return root
+
+
+def mini_flags(data_root: Path, save: Path, *extra: str) -> list[str]:
+    """A tiny ``attnopt train`` run on a mini-ImageNet layout (3-way 1-shot, 16x16 images)."""
+    return [
+        *("--data", "miniimagenet", "--data-root", str(data_root), "--image-size", "16"),
+        *("--n-class", "3", "--n-shot", "1", "--n-eval", "1", "--episode", "2"),
+        *("--val-freq", "2", "--episode-val", "2", "--episode-test", "2", "--log-freq", "1"),
+        *("--save", str(save), "--cpu", "--n-workers", "2"),
+        *extra,
+    ]
+
+
+def error_line(capsys: pytest.CaptureFixture) -> str:
+    """The one ``error:`` line, last on stderr (progress bars may come before it)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if "error" in line.lower()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and err.rstrip().endswith(lines[0])
+    assert "Traceback" not in err
+    return lines[0]

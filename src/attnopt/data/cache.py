@@ -2,7 +2,8 @@
 
 An entry lives in its own folder named after a hash of its key (the source's content
 signature and the image size). The folder is assembled under a temporary name and renamed
-into place, so an interrupted build leaves nothing that a later run would read.
+into place, so an interrupted build leaves nothing that a later run would read; temporary
+folders that a killed process left behind are removed by the next build of the same entry.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,13 @@ from attnopt.data.imageset import ImageSet
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+STALE_TEMP_SECONDS = 3600  # a build writes its temporary folder within seconds
+
+# build() returns (images, labels, class_names) and optionally the skipped files' paths.
+Built = (
+    tuple[np.ndarray, np.ndarray, Sequence[str]]
+    | tuple[np.ndarray, np.ndarray, Sequence[str], Sequence[str]]
+)
 
 
 def default_cache_dir() -> Path:
@@ -48,7 +57,13 @@ def _load(entry: Path, source: str) -> ImageSet | None:
         labels = np.load(entry / "labels.npy")
         if list(images.shape) != index["shape"] or len(labels) != images.shape[0]:
             raise ValueError("shape does not match the index")
-        return ImageSet(images, labels.astype(np.int64), tuple(index["class_names"]), source)
+        return ImageSet(
+            images,
+            labels.astype(np.int64),
+            tuple(index["class_names"]),
+            source,
+            tuple(index.get("skipped", ())),
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
@@ -56,23 +71,38 @@ def _load(entry: Path, source: str) -> ImageSet | None:
         return None
 
 
+def _remove_stale_temps(entry: Path) -> None:
+    """Remove temporary folders of ``entry`` that a killed build left behind."""
+    now = time.time()
+    for tmp in entry.parent.glob(f".{entry.name}.*"):
+        try:
+            if tmp.is_dir() and now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except FileNotFoundError:  # another process removed it first
+            pass
+
+
 def cached_imageset(
     cache_dir: Path,
     name: str,
     key: dict[str, Any],
-    build: Callable[[], tuple[np.ndarray, np.ndarray, list[str]]],
+    build: Callable[[], Built],
     source: str,
 ) -> ImageSet:
     """Return the ImageSet cached under ``key``, building it with ``build()`` when absent.
 
-    build() returns (images uint8 (N, H, W, C), labels int (N,), class_names).
+    build() returns (images uint8 (N, H, W, C), labels int (N,), class_names) and, optionally,
+    a fourth item: the paths of unreadable files it left out (kept as ``ImageSet.skipped``).
     """
     entry = Path(cache_dir) / f"{name}-{key_digest(key)}"
     cached = _load(entry, source)
     if cached is not None:
         return cached
-    images, labels, class_names = build()
+    built = build()
+    images, labels, class_names = built[:3]
+    skipped = list(built[3]) if len(built) > 3 else []
     entry.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(entry)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         np.save(tmp / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
@@ -82,6 +112,7 @@ def cached_imageset(
             "key": key,
             "shape": list(images.shape),
             "class_names": list(class_names),
+            "skipped": skipped,
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=1))
         if entry.exists():

@@ -2,7 +2,7 @@
 
 Sampling is stateless: episode ``i`` of a stream depends only on (seed, stream, i), so a
 resumed run draws exactly the episodes it would have drawn, and validation and test
-episodes are the same for every checkpoint.
+episodes are the same for every checkpoint. The same holds for training augmentation.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attnopt.data.augment import Augment
 from attnopt.data.imageset import ImageSet
 
 TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 0, 1, 2
 EVAL_SEED = 0  # validation and test episodes do not depend on --seed
+_AUGMENT_KEY = 1  # appended to (seed, stream, index) for the augmentation's own seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,12 +56,28 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
     Photos (3 channels) use the ImageNet mean and std; grayscale maps [0, 255] to [-1, 1].
     """
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    return standardize(to_unit(images))
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
+    return images.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """Float (B, C, H, W) in [0, 1] -> standardised, in place (see :func:`normalize`)."""
     if x.shape[1] == 3:
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     else:
         mean, std = torch.tensor(0.5, device=x.device), torch.tensor(0.5, device=x.device)
+    if x.shape[1] == 3 and not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous():
+        # Channels-last (as to_unit returns it): broadcasting (1, C, 1, 1) over it is slow on
+        # CPU; the same operations on rows of W*C values are vectorised, with equal results.
+        b, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).view(b * h, w * c)
+        rows.sub_(mean.view(c).repeat(w)).div_(std.view(c).repeat(w))
+        return x
     return x.sub_(mean).div_(std)
 
 
@@ -102,12 +120,26 @@ class EpisodeSampler:
         s, qp = rng.permutation(len(support)), rng.permutation(len(query))
         return EpisodeIndices(classes, support[s], support_labels[s], query[qp], query_labels[qp])
 
-    def episode(self, index: int, device: torch.device | str = "cpu") -> Episode:
-        """Episode ``index`` as normalised tensors on ``device``."""
+    def augment_seed(self, index: int) -> int:
+        """The seed of episode ``index``'s augmentation: independent of its sampling."""
+        entropy = [self.seed, self.stream, index, _AUGMENT_KEY]
+        return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+    def episode(
+        self, index: int, device: torch.device | str = "cpu", augment: Augment | None = None
+    ) -> Episode:
+        """Episode ``index`` as normalised tensors on ``device``.
+
+        ``augment`` (training only) transforms the images in [0, 1] on the device before they
+        are standardised, seeded by :meth:`augment_seed`.
+        """
         idx = self.indices(index)
         rows = np.concatenate((idx.support, idx.query))
         images = torch.from_numpy(np.ascontiguousarray(self.imageset.images[rows])).to(device)
-        x = normalize(images)
+        x = to_unit(images)
+        if augment is not None:
+            x = augment(x, self.augment_seed(index))
+        x = standardize(x)
         n_support = len(idx.support)
         return Episode(
             support_x=x[:n_support],

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnopt.data.cache import cached_imageset, key_digest
-from attnopt.data.decode import decode_images, is_image_file
+from attnopt.data.decode import cached_decode, content_signature, is_image_file
 from attnopt.data.imageset import ImageSet
 from attnopt.errors import UserError
 
@@ -33,19 +32,18 @@ def list_folder_split(split_dir: Path) -> tuple[list[Path], np.ndarray, list[str
     return paths, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
 
 
-def content_signature(paths: list[Path], root: Path) -> str:
-    """A hash of every file's relative path, size and modification time."""
-    entries = []
-    for p in paths:
-        st = p.stat()
-        entries.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
-    return key_digest({"files": entries})
-
-
 def load_folder_split(
-    root: Path, split: str, image_size: int, cache_dir: Path, n_workers: int = 4
+    root: Path,
+    split: str,
+    image_size: int,
+    cache_dir: Path,
+    n_workers: int = 4,
+    skip_bad: bool = False,
 ) -> ImageSet:
-    """One split of a folder-layout data set, decoded once to RGB and cached."""
+    """One split of a folder-layout data set, decoded once to RGB and cached.
+
+    With ``skip_bad`` unreadable images are left out (and logged) instead of being an error.
+    """
     root = Path(root).expanduser().resolve()
     split_dir = root / split
     paths, labels, class_names = list_folder_split(split_dir)
@@ -53,12 +51,8 @@ def load_folder_split(
         "layout": "folder",
         "root": str(root),
         "split": split,
-        "image_size": image_size,
         "content": content_signature(paths, root),
     }
-
-    def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
-        images = decode_images(paths, image_size, n_workers, desc=f"decoding {split_dir}")
-        return images, labels, class_names
-
-    return cached_imageset(cache_dir, f"folder-{split}", key, build, source=str(split_dir))
+    return cached_decode(
+        paths, labels, class_names, key, cache_dir, str(split_dir), image_size, n_workers, skip_bad
+    )

@@ -17,12 +17,14 @@ class ImageSet:
     labels: int64 array (num_images,), indices into ``class_names``.
     class_names: one name per class.
     source: where it came from (a path or a data set name), used in error messages.
+    skipped: unreadable image files left out (``--skip-bad-images``).
     """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
     source: str
+    skipped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -58,7 +60,8 @@ class ImageSet:
         if small:
             name, count = small[0]
             more = f" (and {len(small) - 1} more classes)" if len(small) > 1 else ""
+            skip = f" after skipping {len(self.skipped)} unreadable images" if self.skipped else ""
             raise UserError(
-                f"class '{name}' in {self.source} has {count} images, fewer than "
+                f"class '{name}' in {self.source} has {count} images{skip}, fewer than "
                 f"--n-shot + --n-eval = {n_per_class}{more}; add images or lower --n-shot/--n-eval"
             )
