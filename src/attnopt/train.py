@@ -21,11 +21,14 @@ from attnopt.adapt import adapt, query_logits
 from attnopt.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from attnopt.config import Config
 from attnopt.data import load_split
+from attnopt.data.augment import make_augmentation
 from attnopt.data.episodes import EVAL_SEED, VAL_STREAM, EpisodeSampler
 from attnopt.errors import UserError
 from attnopt.evaluate import EvalResult, evaluate, test_checkpoint
 from attnopt.fileio import atomic_write, write_json
+from attnopt.gatelog import GateLog
 from attnopt.models import build_model
+from attnopt.plot import plot_run
 from attnopt.runtime import seed_everything, select_device
 
 log = logging.getLogger("attnopt")
@@ -41,6 +44,7 @@ class TrainResult:
     best_val: float
     best_episode: int
     test: EvalResult
+    train_seconds: float  # the meta-training loop, validation included
 
 
 class _TqdmHandler(logging.Handler):
@@ -112,6 +116,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         val_set, config.n_class, config.n_shot, config.n_eval, EVAL_SEED, VAL_STREAM
     )
     channels = train_set.channels
+    augment = make_augmentation(config.augment, channels, config.image_size)  # training only
     model = build_model(config, channels).to(device)
     learner, metalearner = model.learner, model.metalearner
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -127,7 +132,9 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed from %s at episode %d", config.resume, start)
     write_json(run_dir / "config.json", config.to_dict())
-    metrics = _Metrics(run_dir / "metrics.csv", keep_until=start if config.resume else None)
+    keep_until = start if config.resume else None
+    metrics = _Metrics(run_dir / "metrics.csv", keep_until)
+    gates = GateLog(run_dir / "gates.csv", learner, keep_until)
     log.info(
         "meta-training %d-way %d-shot on %s (%d train classes), %d parameters in the "
         "learner, device %s",
@@ -166,9 +173,16 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
     )
     for index in bar:
         episode = index + 1
-        ep = train_sampler.episode(index, device)
+        ep = train_sampler.episode(index, device, augment)
+        log_now = episode % config.log_freq == 0 or episode == config.episode
         theta = adapt(
-            learner, metalearner, ep.support_x, ep.support_y, config.epoch, config.batch_size
+            learner,
+            metalearner,
+            ep.support_x,
+            ep.support_y,
+            config.epoch,
+            config.batch_size,
+            on_step=gates.on_step if log_now else None,
         )
         logits = query_logits(learner, theta, ep.support_x, ep.query_x, config.bn)
         loss = F.cross_entropy(logits, ep.query_y)
@@ -180,7 +194,8 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         loss_sum += loss.detach()
         acc_sum += (logits.argmax(1) == ep.query_y).float().mean()
         window += 1
-        if episode % config.log_freq == 0 or episode == config.episode:
+        if log_now:
+            gates.write(episode)
             mean_loss, mean_acc = loss_sum.item() / window, 100.0 * acc_sum.item() / window
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.1f}%")
@@ -206,6 +221,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
                 save(ckpt_dir / "best.pt", episode)
             save(ckpt_dir / "last.pt", episode)
     bar.close()
+    train_seconds = time.perf_counter() - t0
 
     result = test_checkpoint(str(ckpt_dir / "best.pt"), config, device)
     write_json(
@@ -213,4 +229,5 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         {**result.to_dict(), "checkpoint": "ckpts/best.pt", "episode": best_episode},
     )
     log.info("best val accuracy %.2f%% at episode %d", best_acc, best_episode)
-    return TrainResult(run_dir, best_acc, best_episode, result)
+    plot_run(run_dir, device)
+    return TrainResult(run_dir, best_acc, best_episode, result, train_seconds)
