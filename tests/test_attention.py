@@ -107,15 +107,23 @@ def test_cross_attention_weights_are_distributions_over_support_positions(episod
 
 def test_chunks_never_span_two_tensors() -> None:
     sizes = [5, 64, 65, 1, 130]
-    chunk_of_coordinate, tensor_of_chunk = chunk_layout(sizes, 64)
-    assert chunk_of_coordinate.shape == (sum(sizes),)
-    assert tensor_of_chunk.tolist() == [0, 1, 2, 2, 3, 4, 4, 4]
-    counts = torch.bincount(chunk_of_coordinate)
-    assert counts.max() <= 64 and counts.min() >= 1
-    starts = torch.cumsum(torch.tensor([0, *sizes[:-1]]), 0)
-    for start, size in zip(starts.tolist(), sizes, strict=True):
-        chunks = chunk_of_coordinate[start : start + size].unique()
-        assert set(tensor_of_chunk[chunks].tolist()) == {sizes.index(size)}
+    layout = chunk_layout(sizes, 64)
+    assert layout == [(0, 5), (1, 0), (1, 1), (0, 1), (2, 2)]
+    for size, (full, rest) in zip(sizes, layout, strict=True):
+        assert full * 64 + rest == size and rest < 64
+
+
+def test_chunk_tokens_are_chunk_means_and_broadcast_back() -> None:
+    meta = AttentionMetaLearner(torch.zeros(265), [5, 64, 65, 1, 130], hidden_size=3, chunk=64)
+    assert meta.tensor_of_chunk.tolist() == [0, 1, 2, 2, 3, 4, 4, 4]
+    h = torch.randn(265, 3)
+    means = meta._chunk_means(h)
+    bounds = [0, 5, 69, 133, 134, 135, 199, 263, 265]
+    expected = torch.stack([h[a:b].mean(0) for a, b in zip(bounds, bounds[1:], strict=False)])
+    torch.testing.assert_close(means, expected)
+    back = meta._broadcast(expected)
+    for g, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        assert torch.equal(back[a:b], expected[g].expand(b - a, 3))
 
 
 def meta_update(model: FewShotModel, optimizer, episode) -> dict[str, torch.Tensor]:

@@ -1,11 +1,15 @@
+import contextlib
 import csv
+import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import error_line, make_folder_dataset
 
 from attnopt.cli import main, seed_main
 
@@ -44,23 +48,30 @@ def tiny_flags(data_root: Path, save: Path) -> list[str]:
     ]
 
 
-def error_line(capsys: pytest.CaptureFixture) -> str:
-    """The one ``error:`` line, last on stderr (progress bars may come before it)."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if "error" in line.lower()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and err.rstrip().endswith(lines[0])
-    assert "Traceback" not in err
-    return lines[0]
+@pytest.fixture(scope="module")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One tiny training run per module (training also draws the figures): (run, stdout)."""
+    root = tmp_path_factory.mktemp("cli")
+    data = make_folder_dataset(root / "mini")
+    run = root / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["train", *tiny_flags(data, run), "--cache-dir", str(root / "cache")])
+    assert status == 0
+    return run, out.getvalue()
 
 
 @pytest.fixture
-def trained_run(folder_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
+def trained_run(trained_template: tuple[Path, str], tmp_path: Path) -> Path:
+    """A private copy of the tiny run, free to change."""
     run = tmp_path / "run"
-    assert main(["train", *tiny_flags(folder_dataset, run)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("test accuracy ") and "(95% CI, 5 episodes, 3-way 2-shot)" in last
+    shutil.copytree(trained_template[0], run)
     return run
+
+
+def test_train_ends_with_the_test_accuracy_line(trained_template: tuple[Path, str]) -> None:
+    last = trained_template[1].strip().splitlines()[-1]
+    assert last.startswith("test accuracy ") and "(95% CI, 5 episodes, 3-way 2-shot)" in last
 
 
 def test_train_leaves_a_complete_run_folder(trained_run: Path) -> None:
@@ -71,6 +82,10 @@ def test_train_leaves_a_complete_run_folder(trained_run: Path) -> None:
         "ckpts/last.pt",
         "ckpts/best.pt",
         "test.json",
+        "gates.csv",
+        "gates.png",
+        "meta_attention.png",
+        "cross_attention.png",
     ):
         assert (trained_run / name).is_file(), name
     config = json.loads((trained_run / "config.json").read_text())
@@ -227,3 +242,26 @@ def test_checkpoint_of_one_attention_variant_refuses_another(
     assert main(["test", "--resume", str(ckpt), "--attention", "none", "--cpu"]) == 2
     line = error_line(capsys)
     assert "--attention both" in line and str(ckpt) in line
+
+
+def test_gate_log_has_every_inner_step_and_layer_of_each_logged_episode(trained_run: Path) -> None:
+    with open(trained_run / "gates.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = {(r["episode"], r["step"], r["layer"]) for r in rows}
+    layers = ["block0", "block1", "block2", "block3", "head", "attn"]
+    expected = {(str(e), str(t), layer) for e in (2, 4, 6) for t in range(1, 9) for layer in layers}
+    assert keys == expected and len(rows) == len(expected)
+    assert all(0 < float(r["input_gate"]) < 1 and 0 < float(r["forget_gate"]) < 1 for r in rows)
+
+
+def test_plot_command_redraws_the_figures(trained_run: Path, capsys) -> None:
+    (trained_run / "gates.png").unlink()
+    assert main(["plot", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "gates.png" in out and "cross_attention.png" in out
+    assert (trained_run / "gates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_a_folder_that_is_not_a_run_is_a_user_error(tmp_path: Path, capsys) -> None:
+    assert main(["plot", str(tmp_path)]) == 2
+    assert str(tmp_path) in error_line(capsys)

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_flags(sub.add_parser("train", help="meta-train, then test the best checkpoint"))
     _add_run_flags(sub.add_parser("test", help="evaluate a checkpoint on the test split"))
+    plot = sub.add_parser("plot", help="draw the gate and attention figures of a run")
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (--save of a training run)")
     return parser
 
 
@@ -142,12 +144,19 @@ def _test(args: argparse.Namespace) -> None:
     print(f"test accuracy {result.summary()}")
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from attnopt.plot import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(f"wrote {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attnopt`` command. Returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args = build_parser().parse_args(argv)
-        {"train": _train, "test": _test}[args.command](args)
+        {"train": _train, "test": _test, "plot": _plot}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

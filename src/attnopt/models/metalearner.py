@@ -130,18 +130,13 @@ class MetaLearner(nn.Module):
         return ctx @ weight[:-2] + theta * weight[-2] + prev * weight[-1]
 
 
-def chunk_layout(tensor_sizes: Sequence[int], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_layout(tensor_sizes: Sequence[int], chunk: int) -> list[tuple[int, int]]:
     """Cut each parameter tensor into chunks of at most ``chunk`` consecutive coordinates.
 
-    Returns chunk_of_coordinate (P,) and tensor_of_chunk (G,); no chunk spans two tensors.
+    Returns, per tensor, (number of full chunks, size of the last partial chunk or 0); no
+    chunk spans two tensors.
     """
-    chunk_of_coordinate, tensor_of_chunk = [], []
-    for t, size in enumerate(tensor_sizes):
-        n_chunks = math.ceil(size / chunk)
-        first = len(tensor_of_chunk)
-        chunk_of_coordinate.append(first + torch.arange(size) // chunk)
-        tensor_of_chunk += [t] * n_chunks
-    return torch.cat(chunk_of_coordinate), torch.tensor(tensor_of_chunk)
+    return [(size // chunk, size % chunk) for size in tensor_sizes]
 
 
 class AttentionMetaLearner(MetaLearner):
@@ -172,12 +167,13 @@ class AttentionMetaLearner(MetaLearner):
         super().__init__(init_theta, input_size, hidden_size)
         if sum(tensor_sizes) != init_theta.numel():
             raise ValueError("tensor_sizes must add up to the number of learner parameters")
-        chunk_of_coordinate, tensor_of_chunk = chunk_layout(tensor_sizes, chunk)
+        self.chunk = chunk
+        self.layout = chunk_layout(tensor_sizes, chunk)
+        tensor_of_chunk = [
+            t for t, (full, rest) in enumerate(self.layout) for _ in range(full + (rest > 0))
+        ]
         # Derived from the layout, so kept out of checkpoints.
-        self.register_buffer("chunk_of_coordinate", chunk_of_coordinate, persistent=False)
-        self.register_buffer("tensor_of_chunk", tensor_of_chunk, persistent=False)
-        counts = torch.bincount(chunk_of_coordinate).to(init_theta.dtype)
-        self.register_buffer("chunk_size", counts.unsqueeze(1), persistent=False)
+        self.register_buffer("tensor_of_chunk", torch.tensor(tensor_of_chunk), persistent=False)
         self.tensor_embedding = nn.Parameter(0.1 * torch.randn(len(tensor_sizes), hidden_size))
         self.attn_query = nn.Linear(hidden_size, attn_dim, bias=False)
         self.attn_key = nn.Linear(hidden_size, attn_dim, bias=False)
@@ -187,15 +183,41 @@ class AttentionMetaLearner(MetaLearner):
 
     @property
     def num_chunks(self) -> int:
-        return self.chunk_size.shape[0]
+        return self.tensor_of_chunk.shape[0]
+
+    def _chunk_means(self, h: torch.Tensor) -> torch.Tensor:
+        """(P, H) -> (G, H): the mean over each chunk, with views and reductions only."""
+        parts, start = [], 0
+        for full, rest in self.layout:
+            if full:
+                parts.append(
+                    h[start : start + full * self.chunk].view(full, self.chunk, -1).mean(1)
+                )
+                start += full * self.chunk
+            if rest:
+                parts.append(h[start : start + rest].mean(0, keepdim=True))
+                start += rest
+        return torch.cat(parts)
+
+    def _broadcast(self, per_chunk: torch.Tensor) -> torch.Tensor:
+        """(G, H) -> (P, H): every coordinate gets its chunk's row, with expands only (indexing
+        would make the backward a slow scatter-add)."""
+        parts, g = [], 0
+        for full, rest in self.layout:
+            if full:
+                rows = per_chunk[g : g + full].unsqueeze(1).expand(full, self.chunk, -1)
+                parts.append(rows.reshape(full * self.chunk, -1))
+                g += full
+            if rest:
+                parts.append(per_chunk[g : g + 1].expand(rest, -1))
+                g += 1
+        return torch.cat(parts)
 
     def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """h̃_t = h_t + W_O · ctx_g for every coordinate of chunk g."""
         # token_g = mean of h_t over chunk g + embedding of its tensor
-        sums = h.new_zeros(self.num_chunks, h.shape[1]).index_add_(0, self.chunk_of_coordinate, h)
-        tokens = sums / self.chunk_size + self.tensor_embedding[self.tensor_of_chunk]
+        tokens = self._chunk_means(h) + self.tensor_embedding[self.tensor_of_chunk]
         q, k, v = self.attn_query(tokens), self.attn_key(tokens), self.attn_value(tokens)
         # ctx = softmax(Q Kᵀ / √d) V over the G tokens
         weights = torch.softmax(q @ k.T / math.sqrt(q.shape[1]), dim=-1)
-        ctx = weights @ v
-        return h + self.attn_out(ctx)[self.chunk_of_coordinate], weights
+        return h + self._broadcast(self.attn_out(weights @ v)), weights
