@@ -81,8 +81,9 @@ def _validation_episode(run_dir: Path, config: Config, device: torch.device) -> 
 
 
 def plot_meta_attention(model: FewShotModel, episode: Episode, config: Config, path: Path) -> Path:
-    """Attention between parameter tensors: rows = attending tensor, averaged over its chunks
-    and over the chunks of each attended tensor (summed), at the last inner step."""
+    """Attention between parameter tensors at the last inner step: rows = attending tensor
+    (averaged over its chunks), columns = attended tensor (summed over its chunks), divided by
+    what uniform attention would give it."""
     meta = model.metalearner
     assert isinstance(meta, AttentionMetaLearner)
     states: list[MetaState] = []
@@ -100,7 +101,11 @@ def plot_meta_attention(model: FewShotModel, episode: Episode, config: Config, p
     tensor_of_chunk = meta.tensor_of_chunk.cpu()
     n = int(tensor_of_chunk.max()) + 1
     onehot = F.one_hot(tensor_of_chunk, n).float()  # (G, T)
-    per_tensor = (onehot.T @ weights @ onehot) / onehot.sum(0).unsqueeze(1)  # rows sum to 1
+    chunks = onehot.sum(0)
+    per_tensor = (onehot.T @ weights @ onehot) / chunks.unsqueeze(1)  # rows sum to 1
+    # Big tensors have many chunks and so get much of any attention; divide by the share
+    # uniform attention would give them: 1 = uniform, > 1 = attended more than its size says.
+    per_tensor = per_tensor / (chunks / chunks.sum()).unsqueeze(0)
     names = [s.name.replace(".weight", ".w").replace(".bias", ".b") for s in model.learner.specs]
     fig = Figure(figsize=(0.32 * n + 2, 0.32 * n + 1.5))
     ax = fig.subplots()
@@ -109,8 +114,11 @@ def plot_meta_attention(model: FewShotModel, episode: Episode, config: Config, p
     ax.set_yticks(range(n), names, fontsize=6)
     ax.set_xlabel("attended tensor")
     ax.set_ylabel("attending tensor")
-    fig.colorbar(im, ax=ax, fraction=0.04)
-    ax.set_title("Meta-learner attention between parameter tensors", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04, label="attention / uniform share")
+    ax.set_title(
+        "Meta-learner attention between parameter tensors (last inner step, 1 = uniform)",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
