@@ -46,10 +46,10 @@ class Config:
     # meta-training
     lr: float = 1e-3
     grad_clip: float = 0.25
-    episode: int = 1000
+    episode: int = 600
     episode_val: int = 100
     episode_test: int = 600
-    val_freq: int = 250
+    val_freq: int = 200
     log_freq: int = 50
     # data
     data: str = "glyphs"
