@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -42,3 +44,21 @@ def atomic_write(
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def rows_until(path: Path, episode: int | None) -> list[dict[str, str]]:
+    """The rows of CSV log ``path`` up to ``episode`` (on resume); none when ``episode`` is None
+    or the file does not exist."""
+    if episode is None or not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["episode"]) <= episode]
+
+
+def write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[dict]) -> None:
+    """Write a CSV file with a header, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))

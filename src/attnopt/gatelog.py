@@ -7,12 +7,11 @@ figure of Ravi & Larochelle 2017).
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import torch
 
-from attnopt.fileio import atomic_write
+from attnopt.fileio import rows_until, write_csv
 from attnopt.models.learner import Conv4Learner
 from attnopt.models.metalearner import MetaState
 
@@ -39,15 +38,7 @@ class GateLog:
         )
         self._counts = torch.bincount(self._layer_of_coordinate).float()
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        rows = []
-        if keep_until is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["episode"]) <= keep_until]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(path, lambda f: f.write(buf.getvalue()))
+        write_csv(path, FIELDS, rows_until(path, keep_until))
 
     def _layer_means(self, gate: torch.Tensor) -> torch.Tensor:
         if self._layer_of_coordinate.device != gate.device:

@@ -6,8 +6,6 @@ ckpts/best.pt (best validation accuracy) and, at the end, test.json for the best
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from attnopt.data.augment import make_augmentation
 from attnopt.data.episodes import EVAL_SEED, VAL_STREAM, EpisodeSampler
 from attnopt.errors import UserError
 from attnopt.evaluate import EvalResult, evaluate, test_checkpoint
-from attnopt.fileio import atomic_write, write_json
+from attnopt.fileio import rows_until, write_csv, write_json
 from attnopt.gatelog import GateLog
 from attnopt.models import build_model
 from attnopt.plot import plot_run
@@ -59,18 +57,11 @@ class _Metrics:
 
     def __init__(self, path: Path, keep_until: int | None) -> None:
         self.path = path
-        self.rows: list[dict[str, str]] = []
-        if keep_until is not None and path.is_file():  # resume: drop rows after the checkpoint
-            with open(path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["episode"]) <= keep_until]
+        self.rows = rows_until(path, keep_until)  # resume: drop rows after the checkpoint
 
     def append(self, **row: object) -> None:
         self.rows.append({k: _fmt(row.get(k, "")) for k in METRIC_FIELDS})
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, METRIC_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write(self.path, lambda f: f.write(buf.getvalue()))
+        write_csv(self.path, METRIC_FIELDS, self.rows)
 
 
 def _fmt(value: object) -> str:

@@ -35,9 +35,9 @@ class ParamSpec:
         return math.prod(self.shape)
 
 
-def feature_size(image_size: int, blocks: int = N_BLOCKS) -> int:
-    """Side of the feature map after ``blocks`` 2x2 max-pools (floor division, as nn.MaxPool2d)."""
-    for _ in range(blocks):
+def feature_size(image_size: int) -> int:
+    """Side of the feature map after four 2x2 max-pools (floor division, as nn.MaxPool2d)."""
+    for _ in range(N_BLOCKS):
         image_size //= 2
     if image_size < 1:
         raise ValueError("images must be at least 16x16 pixels for four 2x2 max-pools")
