@@ -1,10 +1,12 @@
 """Meta-training throughput: episodes/s of the full meta-update on synthetic episodes.
 
-Prints one line per configuration: device, shapes, episodes/s (median of --repeats timed
-runs of --episodes episodes each) and peak memory. Never run by CI.
+Prints one line per configuration: device, shapes, meta-batch B, precision, episodes (tasks)
+per second (median of --repeats timed runs of --updates meta-updates each) and peak memory.
+Never run by CI.
 
-    python benchmarks/throughput.py                       # all configurations, CPU
-    python benchmarks/throughput.py --config mini-5shot --device cuda
+    python benchmarks/throughput.py                       # all configurations, CPU, B=1
+    python benchmarks/throughput.py --config glyphs-5shot --meta-batch 1 --meta-batch 8
+    python benchmarks/throughput.py --config mini-5shot --device cuda --meta-batch 32 --amp bf16
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from attnopt.adapt import adapt, query_logits
-from attnopt.config import ATTENTION_MODES, Config
+from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.config import AMP_MODES, ATTENTION_MODES, Config
 from attnopt.models import build_model
 
 # name: (channels, image size, N, K, Q, inner epochs, inner batch size)
@@ -37,21 +39,31 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
 
 
-def measure(name: str, attention: str, device: torch.device, episodes: int, repeats: int) -> str:
+def measure(
+    name: str,
+    attention: str,
+    tasks: int,
+    amp: str,
+    device: torch.device,
+    updates: int,
+    repeats: int,
+) -> str:
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
     torch.manual_seed(0)
-    config = Config(n_class=n, n_shot=k, image_size=size, attention=attention)
+    config = Config(n_class=n, n_shot=k, image_size=size, attention=attention, amp=amp)
     model = build_model(config, channels).to(device)
     learner, metalearner = model.learner, model.metalearner
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    support_x = torch.randn(n * k, channels, size, size, device=device)
-    query_x = torch.randn(n * q, channels, size, size, device=device)
-    support_y = torch.arange(n, device=device).repeat(k)
-    query_y = torch.arange(n, device=device).repeat(q)
+    # channels-last, as the episode sampler delivers images
+    support_x = torch.randn(tasks, n * k, size, size, channels, device=device).movedim(-1, 2)
+    query_x = torch.randn(tasks, n * q, size, size, channels, device=device).movedim(-1, 2)
+    support_y = torch.arange(n, device=device).repeat(k).expand(tasks, -1)
+    query_y = torch.arange(n, device=device).repeat(q).expand(tasks, -1)
 
     def meta_update() -> None:
-        theta = adapt(learner, metalearner, support_x, support_y, epochs, batch)
-        loss = F.cross_entropy(query_logits(learner, theta, support_x, query_x), query_y)
+        theta = adapt_tasks(learner, metalearner, support_x, support_y, epochs, batch)
+        logits = query_logits_tasks(learner, theta, support_x, query_x)
+        loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
@@ -67,15 +79,15 @@ def measure(name: str, attention: str, device: torch.device, episodes: int, repe
     for _ in range(repeats):
         sync()
         start = time.perf_counter()
-        for _ in range(episodes):
+        for _ in range(updates):
             meta_update()
         sync()
-        rates.append(episodes / (time.perf_counter() - start))
+        rates.append(updates * tasks / (time.perf_counter() - start))
     return (
         f"{name}: device={device.type} threads={torch.get_num_threads()} "
         f"attention={attention} shape={n}-way {k}-shot {q}q {channels}x{size}x{size} "
-        f"steps={epochs}x{batch} B=1 "
-        f"fp32 episodes/s={statistics.median(rates):.2f} "
+        f"steps={epochs}x{batch} B={tasks} "
+        f"{'fp32' if amp == 'none' else amp} episodes/s={statistics.median(rates):.2f} "
         f"(runs: {', '.join(f'{r:.2f}' for r in rates)}) "
         f"peak_mem_mb={peak_memory_mb(device):.0f}"
     )
@@ -85,16 +97,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), action="append")
     parser.add_argument("--attention", choices=ATTENTION_MODES, action="append")
+    parser.add_argument("--meta-batch", type=int, action="append", help="tasks per update (1)")
+    parser.add_argument("--amp", choices=AMP_MODES, action="append")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--episodes", type=int, default=5, help="episodes per timed run")
+    parser.add_argument("--updates", type=int, default=5, help="meta-updates per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as attnopt does on GPUs
     for name in args.config or list(CONFIGS):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         for attention in args.attention or ["none"]:
-            print(measure(name, attention, device, args.episodes, args.repeats), flush=True)
+            for tasks in args.meta_batch or [1]:
+                for amp in args.amp or ["none"]:
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    line = measure(name, attention, tasks, amp, device, args.updates, args.repeats)
+                    print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def trajectory(model: FewShotModel, support_x, support_y) -> list[torch.Tensor]:
         support_y,
         EPOCHS,
         BATCH,
-        on_step=lambda t, theta, state: steps.append(theta.detach().clone()),
+        on_step=lambda t, theta, state: steps.append(theta[0].detach().clone()),
     )
     return steps
 
@@ -88,7 +88,7 @@ def test_meta_attention_weights_are_distributions(episode) -> None:
         BATCH,
         on_step=lambda t, theta, state: states.append(state),
     )
-    weights = states[-1].attention
+    weights = states[-1].attention[0]  # (G, G) of the one task
     g = model.metalearner.num_chunks
     assert weights.shape == (g, g)
     assert (weights >= 0).all()

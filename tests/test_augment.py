@@ -143,13 +143,13 @@ def test_training_augments_training_episodes_only(
     folder_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     calls: list[tuple[int, bool]] = []
-    original = EpisodeSampler.episode
+    original = EpisodeSampler.episodes
 
-    def spy(self, index, device="cpu", augment=None):
-        calls.append((self.stream, augment is not None))
-        return original(self, index, device, augment)
+    def spy(self, indices, device="cpu", augment=None):
+        calls.extend((self.stream, augment is not None) for _ in indices)
+        return original(self, indices, device, augment)
 
-    monkeypatch.setattr(EpisodeSampler, "episode", spy)
+    monkeypatch.setattr(EpisodeSampler, "episodes", spy)
     run = tmp_path / "run"
     flags = (
         f"--data folder --data-root {folder_dataset} --image-size 16 --n-class 3 --n-shot 2 "

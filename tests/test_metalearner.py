@@ -96,10 +96,10 @@ def test_meta_gradient_is_first_order(task, monkeypatch: pytest.MonkeyPatch) -> 
     actual = {n: p.grad.clone() for n, p in metalearner.named_parameters()}
 
     metalearner.zero_grad()
-    theta, state = metalearner.c_init, metalearner.initial_state()
-    for loss, grad in recorded:
+    theta, state = metalearner.c_init.expand(1, -1), metalearner.initial_state((1,))
+    for loss, grad in recorded:  # a meta-batch of one task: loss (1,), grad (1, P)
         theta, state = metalearner.step(grad.clone(), loss.clone(), theta, state)
-    logits = query_logits(learner, theta, support_x, query_x)
+    logits = query_logits(learner, theta[0], support_x, query_x)
     F.cross_entropy(logits, torch.arange(5).repeat(3)).backward()
     for name, p in metalearner.named_parameters():
         torch.testing.assert_close(actual[name], p.grad, msg=name)

@@ -1,4 +1,9 @@
-"""The inner loop: support set -> adapted parameters θ_T. Used by train, test and predict alike."""
+"""The inner loop: support set -> adapted parameters θ_T. Used by train, test and predict alike.
+
+Tasks of a meta-batch are adapted together, not in a Python loop: the learner carries all tasks
+in one grouped convolution (each task its own θ) and the meta-learner treats every coordinate
+of every task as one row of its shared LSTM. One task is a meta-batch of one.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad_and_value
 
 from attnopt.models.learner import Conv4Learner
 from attnopt.models.metalearner import MetaLearner, MetaState
@@ -15,18 +19,57 @@ from attnopt.models.metalearner import MetaLearner, MetaState
 def support_loss_and_grad(
     learner: Conv4Learner, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy L_t at θ and its gradient ∇_t, both cut from the meta-graph.
+    """Mean cross-entropy L_t of each task at its θ, and the gradient ∇_t, cut from the meta-graph.
 
+    theta: (B, P); x: (B, n, C, H, W); y: (B, n). Returns loss (B,) and grad (B, P).
     θ is detached first: the paper treats ∇_t and L_t as constants for the meta-gradient
     (first-order approximation), which also frees this step's activations at once.
     ``torch.func`` computes the gradient even under ``torch.no_grad`` (evaluation).
     """
 
-    def loss_fn(t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(learner(t, x), y)
+    def total_loss(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = learner(t, x)
+        per_image = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        per_task = per_image.view(y.shape).mean(1)
+        # tasks are independent, so ∂(Σ_b L_b)/∂θ_b = ∂L_b/∂θ_b: every task's own gradient
+        return per_task.sum(), per_task
 
-    grad, loss = grad_and_value(loss_fn)(theta.detach())
-    return loss.detach(), grad.detach()
+    grads, loss = torch.func.grad(total_loss, has_aux=True)(theta.detach())
+    return loss.detach(), grads.detach()
+
+
+def adapt_tasks(
+    learner: Conv4Learner,
+    metalearner: MetaLearner,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    on_step: Callable[[int, torch.Tensor, MetaState], None] | None = None,
+) -> torch.Tensor:
+    """Run the learned optimizer on the support sets of B tasks at once.
+
+    support_x: (B, N*K, C, H, W); support_y: (B, N*K) labels in 0..N-1.
+    ``epochs`` passes over each support set in mini-batches of ``batch_size`` give
+    T = epochs * ceil(N*K / batch_size) steps. Returns θ_T (B, P), differentiable with respect
+    to the meta-parameters (c_I, the LSTM, the gates, attention) when grad mode is on.
+    ``on_step(t, θ_t, state)`` is called after every step (for inspection and plots).
+    """
+    tasks, n = support_x.shape[:2]
+    theta = metalearner.c_init.expand(tasks, -1)  # θ_0 = c_I for every task
+    state = metalearner.initial_state((tasks,))
+    t = 0
+    for _ in range(epochs):
+        for start in range(0, n, batch_size):
+            batch = slice(start, start + batch_size)
+            loss, grad = support_loss_and_grad(
+                learner, theta, support_x[:, batch], support_y[:, batch]
+            )
+            theta, state = metalearner.step(grad, loss, theta, state)
+            t += 1
+            if on_step is not None:
+                on_step(t, theta, state)
+    return theta
 
 
 def adapt(
@@ -38,27 +81,30 @@ def adapt(
     batch_size: int,
     on_step: Callable[[int, torch.Tensor, MetaState], None] | None = None,
 ) -> torch.Tensor:
-    """Run the learned optimizer on one task's support set.
+    """:func:`adapt_tasks` for one task: support_x (N*K, C, H, W), support_y (N*K,) -> θ_T (P,).
 
-    support_x: (N*K, C, H, W); support_y: (N*K,) labels in 0..N-1.
-    ``epochs`` passes over the support set in mini-batches of ``batch_size`` give
-    T = epochs * ceil(N*K / batch_size) steps. Returns θ_T (P,), differentiable with respect
-    to the meta-parameters (c_I, the LSTM, the gates, attention) when grad mode is on.
-    ``on_step(t, θ_t, state)`` is called after every step (for inspection and plots).
+    ``on_step`` sees the states of a meta-batch of one, (1, P, ...).
     """
-    theta = metalearner.c_init  # θ_0 = c_I
-    state = metalearner.initial_state()
-    n = support_x.shape[0]
-    t = 0
-    for _ in range(epochs):
-        for start in range(0, n, batch_size):
-            x, y = support_x[start : start + batch_size], support_y[start : start + batch_size]
-            loss, grad = support_loss_and_grad(learner, theta, x, y)
-            theta, state = metalearner.step(grad, loss, theta, state)
-            t += 1
-            if on_step is not None:
-                on_step(t, theta, state)
-    return theta
+    theta = adapt_tasks(
+        learner, metalearner, support_x[None], support_y[None], epochs, batch_size, on_step
+    )
+    return theta[0]
+
+
+def query_logits_tasks(
+    learner: Conv4Learner,
+    theta: torch.Tensor,
+    support_x: torch.Tensor,
+    query_x: torch.Tensor,
+    bn: str = "support",
+) -> torch.Tensor:
+    """Logits (B, M, N) of B adapted learners θ (B, P) on their query images (B, M, C, H, W).
+
+    bn="support": BatchNorm uses each support set's statistics under θ, so each query image is
+    classified on its own. bn="transductive": the query batch's own statistics.
+    """
+    n = support_x.shape[1]
+    return learner(theta, torch.cat((support_x, query_x), dim=1), n_support=n, bn=bn)[:, n:]
 
 
 def query_logits(
@@ -68,10 +114,6 @@ def query_logits(
     query_x: torch.Tensor,
     bn: str = "support",
 ) -> torch.Tensor:
-    """Logits (M, N) of the adapted learner on query images (M, C, H, W).
-
-    bn="support": BatchNorm uses the support set's statistics under θ, so each query image is
-    classified on its own. bn="transductive": the query batch's own statistics.
-    """
+    """:func:`query_logits_tasks` for one task: θ (P,), query_x (M, C, H, W) -> logits (M, N)."""
     n = support_x.shape[0]
     return learner(theta, torch.cat((support_x, query_x)), n_support=n, bn=bn)[n:]

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attnopt.checkpoint import load_checkpoint
-from attnopt.config import ATTENTION_MODES, AUGMENT_MODES, BN_MODES, DATA_SETS, resolve
+from attnopt.config import (
+    AMP_MODES,
+    ATTENTION_MODES,
+    AUGMENT_MODES,
+    BN_MODES,
+    DATA_SETS,
+    resolve,
+)
 from attnopt.errors import UserError
 from attnopt.evaluate import test_checkpoint
 from attnopt.fileio import write_json
@@ -74,7 +81,21 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("meta-training")
     g.add_argument("--lr", type=float, help="Adam learning rate (1e-3)")
     g.add_argument("--grad-clip", type=float, help="meta-gradient norm clip (0.25)")
-    g.add_argument("--episode", type=int, help="meta-training episodes")
+    g.add_argument("--episode", type=int, help="meta-training episodes (tasks)")
+    g.add_argument(
+        "--meta-batch",
+        type=int,
+        help="tasks per meta-update, adapted together (1, as in the paper); under torchrun "
+        "split across the processes",
+    )
+    g.add_argument(
+        "--eval-batch", type=int, help="tasks adapted together in validation and test (20)"
+    )
+    g.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        help="bf16: run the learner's convolutions in bfloat16 (θ and meta-learner stay fp32)",
+    )
     g.add_argument("--episode-val", type=int, help="validation episodes (100)")
     g.add_argument("--episode-test", type=int, help="test episodes (600)")
     g.add_argument("--val-freq", type=int, help="validate every this many episodes")
@@ -122,7 +143,8 @@ def _train(args: argparse.Namespace) -> None:
     from attnopt.train import train  # imported late: argument errors stay fast
 
     result = train(resolve(_flags(args)))
-    print(f"test accuracy {result.test.summary()}")
+    if result is not None:  # None on torchrun processes other than rank 0
+        print(f"test accuracy {result.test.summary()}")
 
 
 def _test(args: argparse.Namespace) -> None:

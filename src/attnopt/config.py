@@ -16,6 +16,7 @@ DATA_SETS = ("glyphs", "miniimagenet", "folder")
 BN_MODES = ("support", "transductive")
 AUGMENT_MODES = ("auto", "none")
 ATTENTION_MODES = ("both", "meta", "learner", "none")
+AMP_MODES = ("none", "bf16")
 
 # Settings that fix the shapes of the learned parameters: a checkpoint only loads into a
 # run that agrees on all of them.
@@ -46,6 +47,9 @@ class Config:
     # meta-training
     lr: float = 1e-3
     grad_clip: float = 0.25
+    meta_batch: int = 1  # tasks per meta-update (the paper: 1); `episode` counts tasks
+    eval_batch: int = 20  # tasks adapted together in validation and test (same results)
+    amp: str = "none"  # bf16: the learner's convolutions in bfloat16; θ and the LSTM in fp32
     episode: int = 600
     episode_val: int = 100
     episode_test: int = 600
@@ -130,6 +134,8 @@ def validate(config: Config) -> None:
         "log_freq",
         "n_workers",
         "attn_chunk",
+        "meta_batch",
+        "eval_batch",
     )
     for name in positive:
         if getattr(config, name) < 1:
@@ -161,6 +167,8 @@ def validate(config: Config) -> None:
         raise UserError(f"--bn {config.bn!r} is not one of {', '.join(BN_MODES)}")
     if config.augment not in AUGMENT_MODES:
         raise UserError(f"--augment {config.augment!r} is not one of {', '.join(AUGMENT_MODES)}")
+    if config.amp not in AMP_MODES:
+        raise UserError(f"--amp {config.amp!r} is not one of {', '.join(AMP_MODES)}")
     if config.attention not in ATTENTION_MODES:
         raise UserError(
             f"--attention {config.attention!r} is not one of {', '.join(ATTENTION_MODES)}"

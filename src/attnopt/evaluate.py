@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from attnopt.adapt import adapt, query_logits
+from attnopt.adapt import adapt_tasks, query_logits_tasks
 from attnopt.checkpoint import check_compatible, load_checkpoint
 from attnopt.config import Config
 from attnopt.data import load_split
@@ -54,16 +54,24 @@ def evaluate(
     device: torch.device,
     desc: str = "eval",
 ) -> EvalResult:
-    """Adapt to ``episodes`` episodes of ``sampler`` and score the query sets."""
+    """Adapt to ``episodes`` episodes of ``sampler`` and score the query sets.
+
+    ``config.eval_batch`` episodes are adapted together; the result does not depend on it
+    (tasks never interact), only the speed does.
+    """
     accuracies = []
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for index in tqdm(
-            range(episodes), desc=desc, unit="ep", leave=False, mininterval=0.5, disable=None
-        ):
-            ep = sampler.episode(index, device)
-            theta = adapt(
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=episodes, desc=desc, unit="ep", leave=False, mininterval=0.5, disable=None
+        ) as bar,
+    ):
+        for start in range(0, episodes, config.eval_batch):
+            indices = range(start, min(start + config.eval_batch, episodes))
+            ep = sampler.episodes(indices, device)
+            theta = adapt_tasks(
                 model.learner,
                 model.metalearner,
                 ep.support_x,
@@ -71,10 +79,11 @@ def evaluate(
                 config.epoch,
                 config.batch_size,
             )
-            logits = query_logits(model.learner, theta, ep.support_x, ep.query_x, config.bn)
-            accuracies.append((logits.argmax(1) == ep.query_y).float().mean())
+            logits = query_logits_tasks(model.learner, theta, ep.support_x, ep.query_x, config.bn)
+            accuracies.append((logits.argmax(-1) == ep.query_y).float().mean(1))
+            bar.update(len(indices))
     model.train(was_training)
-    mean, ci = confidence_interval(torch.stack(accuracies).cpu())
+    mean, ci = confidence_interval(torch.cat(accuracies).cpu())
     return EvalResult(mean, ci, episodes, config.n_class, config.n_shot)
 
 

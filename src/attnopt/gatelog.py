@@ -41,6 +41,8 @@ class GateLog:
         write_csv(path, FIELDS, rows_until(path, keep_until))
 
     def _layer_means(self, gate: torch.Tensor) -> torch.Tensor:
+        """(*tasks, P) gates -> (layers,) means over the layer's coordinates of every task."""
+        gate = gate.reshape(-1, gate.shape[-1]).mean(0)
         if self._layer_of_coordinate.device != gate.device:
             self._layer_of_coordinate = self._layer_of_coordinate.to(gate.device)
             self._counts = self._counts.to(gate.device)

@@ -97,7 +97,7 @@ def plot_meta_attention(model: FewShotModel, episode: Episode, config: Config, p
             config.batch_size,
             on_step=lambda t, theta, state: states.append(state),
         )
-    weights = states[-1].attention.cpu()  # (G, G)
+    weights = states[-1].attention[0].cpu()  # (G, G) of the one task
     tensor_of_chunk = meta.tensor_of_chunk.cpu()
     n = int(tensor_of_chunk.max()) + 1
     onehot = F.one_hot(tensor_of_chunk, n).float()  # (G, T)

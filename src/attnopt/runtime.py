@@ -16,6 +16,9 @@ def select_device(force_cpu: bool) -> torch.device:
     if force_cpu:
         return torch.device("cpu")
     if torch.cuda.is_available():
+        # TF32 tensor cores for the meta-learner's matmuls (cuDNN convolutions use them by
+        # default): θ's update itself is elementwise and stays in full fp32.
+        torch.backends.cuda.matmul.allow_tf32 = True
         return torch.device("cuda")
     log.info("CUDA is not available; running on the CPU")
     return torch.device("cpu")

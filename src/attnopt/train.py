@@ -15,19 +15,22 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from attnopt.adapt import adapt, query_logits
+from attnopt import distributed
+from attnopt.adapt import adapt_tasks, query_logits_tasks
 from attnopt.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from attnopt.config import Config
 from attnopt.data import load_split
 from attnopt.data.augment import make_augmentation
-from attnopt.data.episodes import EVAL_SEED, VAL_STREAM, EpisodeSampler
+from attnopt.data.episodes import EVAL_SEED, VAL_STREAM, Episode, EpisodeSampler
+from attnopt.data.prefetch import prefetch
+from attnopt.distributed import Processes
 from attnopt.errors import UserError
 from attnopt.evaluate import EvalResult, evaluate, test_checkpoint
 from attnopt.fileio import rows_until, write_csv, write_json
 from attnopt.gatelog import GateLog
 from attnopt.models import build_model
 from attnopt.plot import plot_run
-from attnopt.runtime import seed_everything, select_device
+from attnopt.runtime import seed_everything
 
 log = logging.getLogger("attnopt")
 
@@ -79,25 +82,44 @@ def _attach_log_file(run_dir: Path) -> list[logging.Handler]:
     return handlers
 
 
-def train(config: Config) -> TrainResult:
-    """Meta-train as ``config`` says, then test the best checkpoint on the test split."""
-    run_dir = Path(config.save)
-    ckpt_dir = run_dir / "ckpts"
+def train(config: Config) -> TrainResult | None:
+    """Meta-train as ``config`` says, then test the best checkpoint on the test split.
+
+    Under torchrun only rank 0 writes the run folder and returns a result; the others
+    return None.
+    """
+    procs, device = distributed.start(config.cpu, config.meta_batch)
     try:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the run folder {run_dir} (--save): {e.strerror}") from None
-    handlers = _attach_log_file(run_dir)
-    try:
-        return _train(config, run_dir, ckpt_dir)
+        if not procs.is_main:
+            _train(config, procs, device, None)
+            return None
+        run_dir = Path(config.save)
+        try:
+            (run_dir / "ckpts").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(
+                f"cannot create the run folder {run_dir} (--save): {e.strerror}"
+            ) from None
+        handlers = _attach_log_file(run_dir)
+        try:
+            return _train(config, procs, device, run_dir)
+        finally:
+            for h in handlers:
+                log.removeHandler(h)
+                h.close()
     finally:
-        for h in handlers:
-            log.removeHandler(h)
-            h.close()
+        distributed.stop()
 
 
-def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
-    device = select_device(config.cpu)
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in (before, after]: the episode count passed it."""
+    return after // every > before // every
+
+
+def _train(
+    config: Config, procs: Processes, device: torch.device, run_dir: Path | None
+) -> TrainResult | None:
+    """The meta-training loop; ``run_dir`` is None on processes other than rank 0."""
     seed_everything(config.seed)
     train_set, val_set = load_split(config, "train"), load_split(config, "val")
     train_sampler = EpisodeSampler(
@@ -122,20 +144,25 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         start, best_acc, best_episode = ckpt["episode"], ckpt["best_accuracy"], ckpt["best_episode"]
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed from %s at episode %d", config.resume, start)
-    write_json(run_dir / "config.json", config.to_dict())
-    keep_until = start if config.resume else None
-    metrics = _Metrics(run_dir / "metrics.csv", keep_until)
-    gates = GateLog(run_dir / "gates.csv", learner, keep_until)
-    log.info(
-        "meta-training %d-way %d-shot on %s (%d train classes), %d parameters in the "
-        "learner, device %s",
-        config.n_class,
-        config.n_shot,
-        train_set.source,
-        len(train_set.class_names),
-        learner.num_params,
-        device.type,
-    )
+    main = run_dir is not None
+    if main:
+        ckpt_dir = run_dir / "ckpts"
+        write_json(run_dir / "config.json", config.to_dict())
+        keep_until = start if config.resume else None
+        metrics = _Metrics(run_dir / "metrics.csv", keep_until)
+        gates = GateLog(run_dir / "gates.csv", learner, keep_until)
+        log.info(
+            "meta-training %d-way %d-shot on %s (%d train classes), %d parameters in the "
+            "learner, meta-batch %d%s, device %s",
+            config.n_class,
+            config.n_shot,
+            train_set.source,
+            len(train_set.class_names),
+            learner.num_params,
+            config.meta_batch,
+            f" over {procs.world} processes" if procs.world > 1 else "",
+            device.type,
+        )
 
     def save(path: Path, episode: int) -> None:
         save_checkpoint(
@@ -150,54 +177,63 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         )
 
     t0 = time.perf_counter()
-    loss_sum = torch.zeros((), device=device)
-    acc_sum = torch.zeros((), device=device)
-    window = 0
+    # running sums over the logging window: loss·tasks, correct-task fraction, tasks
+    window = torch.zeros(3, device=device)
     bar = tqdm(
-        range(start, config.episode),
+        total=config.episode,
+        initial=start,
         desc="meta-train",
         unit="ep",
-        initial=start,
-        total=config.episode,
         mininterval=0.5,
-        disable=None,  # no bar when the output is not a terminal (logs, CI)
+        disable=None if main else True,  # no bar when the output is not a terminal (logs, CI)
     )
-    for index in bar:
-        episode = index + 1
-        ep = train_sampler.episode(index, device, augment)
-        log_now = episode % config.log_freq == 0 or episode == config.episode
-        theta = adapt(
+    firsts = range(start, config.episode, config.meta_batch)
+
+    def meta_batch(first: int) -> Episode:
+        return train_sampler.episodes(procs.share(first, config.meta_batch), device, augment)
+
+    batches = prefetch(meta_batch, firsts)
+    for first, ep in zip(firsts, batches, strict=True):
+        episode = first + config.meta_batch  # tasks seen after this meta-update
+        log_now = _crossed(first, episode, config.log_freq) or episode >= config.episode
+        theta = adapt_tasks(
             learner,
             metalearner,
             ep.support_x,
             ep.support_y,
             config.epoch,
             config.batch_size,
-            on_step=gates.on_step if log_now else None,
+            on_step=gates.on_step if main and log_now else None,
         )
-        logits = query_logits(learner, theta, ep.support_x, ep.query_x, config.bn)
-        loss = F.cross_entropy(logits, ep.query_y)
+        logits = query_logits_tasks(learner, theta, ep.support_x, ep.query_x, config.bn)
+        # the mean over the tasks of each task's mean query cross-entropy (equal-sized tasks)
+        loss = F.cross_entropy(logits.flatten(0, 1), ep.query_y.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(model.parameters(), procs)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
 
-        loss_sum += loss.detach()
-        acc_sum += (logits.argmax(1) == ep.query_y).float().mean()
-        window += 1
+        tasks = ep.query_y.shape[0]
+        correct = (logits.detach().argmax(-1) == ep.query_y).float().mean(1).sum()
+        window += torch.stack((loss.detach() * tasks, correct, window.new_tensor(tasks)))
+        bar.update(config.meta_batch)
         if log_now:
-            gates.write(episode)
-            mean_loss, mean_acc = loss_sum.item() / window, 100.0 * acc_sum.item() / window
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.1f}%")
-            log.info("episode %d  train loss %.4f  acc %.2f%%", episode, mean_loss, mean_acc)
-            metrics.append(
-                episode=episode, split="train", loss=mean_loss, accuracy=mean_acc, elapsed_s=elapsed
-            )
-            loss_sum.zero_()
-            acc_sum.zero_()
-            window = 0
-        if episode % config.val_freq == 0 or episode == config.episode:
+            loss_sum, acc_sum, count = distributed.sum_over_processes(window, procs).tolist()
+            window.zero_()
+            if main:
+                gates.write(episode)
+                mean_loss, mean_acc = loss_sum / count, 100.0 * acc_sum / count
+                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.1f}%")
+                log.info("episode %d  train loss %.4f  acc %.2f%%", episode, mean_loss, mean_acc)
+                metrics.append(
+                    episode=episode,
+                    split="train",
+                    loss=mean_loss,
+                    accuracy=mean_acc,
+                    elapsed_s=time.perf_counter() - t0,
+                )
+        if main and (_crossed(first, episode, config.val_freq) or episode >= config.episode):
             val = evaluate(model, val_sampler, config, config.episode_val, device, "val")
             log.info("episode %d  val acc %s", episode, val.summary())
             metrics.append(
@@ -212,6 +248,8 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
                 save(ckpt_dir / "best.pt", episode)
             save(ckpt_dir / "last.pt", episode)
     bar.close()
+    if not main:
+        return None
     train_seconds = time.perf_counter() - t0
 
     result = test_checkpoint(str(ckpt_dir / "best.pt"), config, device)

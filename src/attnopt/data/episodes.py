@@ -7,6 +7,8 @@ episodes are the same for every checkpoint. The same holds for training augmenta
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +41,7 @@ class EpisodeIndices:
 
 @dataclass(frozen=True)
 class Episode:
-    """One task as tensors on the device.
+    """One task as tensors on the device, or B tasks with a leading (B,) dimension.
 
     support_x: (N*K, C, H, W) float; support_y: (N*K,) int64.
     query_x: (N*Q, C, H, W) float; query_y: (N*Q,) int64.
@@ -128,22 +130,46 @@ class EpisodeSampler:
     def episode(
         self, index: int, device: torch.device | str = "cpu", augment: Augment | None = None
     ) -> Episode:
-        """Episode ``index`` as normalised tensors on ``device``.
+        """Episode ``index`` as normalised tensors on ``device``: support_x (N*K, C, H, W) etc."""
+        tasks = self.episodes([index], device, augment)
+        return Episode(*(t[0] for t in dataclasses.astuple(tasks)))
 
-        ``augment`` (training only) transforms the images in [0, 1] on the device before they
-        are standardised, seeded by :meth:`augment_seed`.
+    def episodes(
+        self,
+        indices: Sequence[int],
+        device: torch.device | str = "cpu",
+        augment: Augment | None = None,
+    ) -> Episode:
+        """Episodes ``indices`` stacked for a meta-batch: support_x (B, N*K, C, H, W) etc.
+
+        One gather and one transfer for all of them. ``augment`` (training only) transforms
+        each episode's images in [0, 1] on the device before they are standardised, seeded by
+        :meth:`augment_seed`.
         """
-        idx = self.indices(index)
-        rows = np.concatenate((idx.support, idx.query))
-        images = torch.from_numpy(np.ascontiguousarray(self.imageset.images[rows])).to(device)
-        x = to_unit(images)
+        picked = [self.indices(i) for i in indices]
+        rows = np.concatenate([np.concatenate((p.support, p.query)) for p in picked])
+        images = torch.from_numpy(np.ascontiguousarray(self.imageset.images[rows]))
+        if torch.device(device).type == "cuda":
+            images = images.pin_memory()
+        x = to_unit(images.to(device, non_blocking=True))
+        per_task = len(rows) // len(indices)
         if augment is not None:
-            x = augment(x, self.augment_seed(index))
-        x = standardize(x)
-        n_support = len(idx.support)
+            x = torch.cat(
+                [
+                    augment(x[b * per_task : (b + 1) * per_task], self.augment_seed(i))
+                    for b, i in enumerate(indices)
+                ]
+            )
+        x = standardize(x).unflatten(0, (len(indices), per_task))
+        n_support = len(picked[0].support)
+
+        def labels(name: str) -> torch.Tensor:
+            stacked = np.stack([getattr(p, name) for p in picked])
+            return torch.from_numpy(stacked).to(device, non_blocking=True)
+
         return Episode(
-            support_x=x[:n_support],
-            support_y=torch.from_numpy(idx.support_labels).to(device),
-            query_x=x[n_support:],
-            query_y=torch.from_numpy(idx.query_labels).to(device),
+            support_x=x[:, :n_support],
+            support_y=labels("support_labels"),
+            query_x=x[:, n_support:],
+            query_y=labels("query_labels"),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from attnopt.config import Config
@@ -33,6 +34,7 @@ def build_model(config: Config, in_channels: int) -> FewShotModel:
         config.image_size,
         bn_eps=config.bn_eps,
         cross_attention=config.attention in ("learner", "both"),
+        amp_dtype=torch.bfloat16 if config.amp == "bf16" else None,
     )
     init_theta = learner.init_theta()
     if config.attention in ("meta", "both"):

@@ -54,6 +54,8 @@ class Conv4Learner(nn.Module):
         width: filters per conv layer (32 in the paper).
         bn_eps: BatchNorm epsilon (``--bn-eps``).
         cross_attention: add MLAL's support-set cross-attention after block 3.
+        amp_dtype: run the conv blocks (convolution, normalisation, ReLU, pooling) in this
+            dtype (``--amp bf16``); θ, the cross-attention, the head and the loss stay fp32.
 
     The module's own parameters are meta-parameters that the inner loop does not adapt: only
     ``attn_scale`` (per-channel, zero-initialised) when ``cross_attention`` is on.
@@ -67,8 +69,10 @@ class Conv4Learner(nn.Module):
         width: int = 32,
         bn_eps: float = 1e-3,
         cross_attention: bool = False,
+        amp_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.amp_dtype = amp_dtype
         self.in_channels, self.n_class, self.image_size = in_channels, n_class, image_size
         self.width, self.bn_eps, self.cross_attention = width, bn_eps, cross_attention
         side = feature_size(image_size)
@@ -99,8 +103,12 @@ class Conv4Learner(nn.Module):
         self.num_params = offset
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of θ (P,) as named parameter tensors."""
-        return {s.name: theta[s.offset : s.offset + s.numel].view(s.shape) for s in self.specs}
+        """Views of θ (*tasks, P) as named parameter tensors (*tasks, *shape)."""
+        lead = theta.shape[:-1]
+        return {
+            s.name: theta[..., s.offset : s.offset + s.numel].view(*lead, *s.shape)
+            for s in self.specs
+        }
 
     def init_theta(self) -> torch.Tensor:
         """PyTorch's default initialisation of the equivalent ``nn.Module``s, as a flat vector.
@@ -122,35 +130,50 @@ class Conv4Learner(nn.Module):
         n_support: int | None = None,
         bn: str = "support",
     ) -> torch.Tensor:
-        """Logits (B, N) for images ``x`` (B, C, H, W).
+        """Logits (n, N) for images ``x`` (n, C, H, W) under θ (P,); or, for B tasks at once,
+        logits (B, n, N) for images (B, n, C, H, W) under θ (B, P), task b's images under θ_b.
 
-        The first ``n_support`` images of ``x`` are the episode's support set (all of them
-        when None); the rest are query images. Support images provide the cross-attention keys
+        The first ``n_support`` images of each task are its support set (all of them when
+        None); the rest are query images. Support images provide the cross-attention keys
         and values, and with ``bn="support"`` the BatchNorm statistics, so a query image's
-        logits depend on the support set and itself only. ``bn="transductive"`` normalises the
-        query images with their own batch statistics instead.
+        logits depend on its task's support set and itself only. ``bn="transductive"``
+        normalises the query images with their own batch statistics instead.
         """
+        if theta.dim() == 1:
+            return self.forward(theta[None], x[None], n_support, bn)[0]
         p = self.unflatten(theta)
-        n_support = x.shape[0] if n_support is None else n_support
-        # channels-last lets oneDNN (CPU) and cuDNN pick their fastest convolution kernels
-        x = x.contiguous(memory_format=torch.channels_last)
+        n_support = x.shape[1] if n_support is None else n_support
+        x = _to_grouped(x)
         for b in range(N_BLOCKS):
             x = self._block(p, b, x, n_support, bn)
             if self.cross_attention and b == ATTENTION_AFTER_BLOCK:
                 x = self._cross_attend(p, x, n_support)
-        return F.linear(x.flatten(1), p["head.weight"], p["head.bias"])
+        tasks, n = theta.shape[0], x.shape[0]
+        # (n, B·C, s, s) -> (B, n, C·s·s), flattened in (C, s, s) order as nn.Flatten does
+        features = x.reshape(n, tasks, -1).transpose(0, 1).to(theta.dtype)
+        head = p["head.weight"].transpose(1, 2)  # (B, C·s·s, N)
+        return torch.baddbmm(p["head.bias"].unsqueeze(1), features, head)
 
     def _block(
         self, p: dict[str, torch.Tensor], b: int, x: torch.Tensor, n_support: int, bn: str
     ) -> torch.Tensor:
-        x = F.conv2d(x, p[f"block{b}.conv.weight"], p[f"block{b}.conv.bias"], padding=1)
-        x = self._batch_norm(x, p[f"block{b}.bn.weight"], p[f"block{b}.bn.bias"], n_support, bn)
+        weight, bias = p[f"block{b}.conv.weight"], p[f"block{b}.conv.bias"]
+        tasks = weight.shape[0]
+        # one grouped convolution carries all tasks: group g = task g's channels and filters
+        with torch.autocast(
+            x.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=bool(self.amp_dtype)
+        ):
+            x = F.conv2d(x, weight.flatten(0, 1), bias.flatten(), padding=1, groups=tasks)
+        x = self._batch_norm(
+            x, p[f"block{b}.bn.weight"].flatten(), p[f"block{b}.bn.bias"].flatten(), n_support, bn
+        )
         # relu(max_pool(x)) == max_pool(relu(x)); pooling first makes the ReLU 4x cheaper
         return F.relu(F.max_pool2d(x, 2))
 
     def _batch_norm(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_support: int, bn: str
     ) -> torch.Tensor:
+        """BatchNorm of (n, B·C, H, W): per task and channel, over images and positions."""
         if n_support == x.shape[0]:
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.bn_eps)
         if bn == "transductive":  # support and query each with their own statistics
@@ -163,21 +186,31 @@ class Conv4Learner(nn.Module):
         var, mean = torch.var_mean(x[:n_support], dim=(0, 2, 3), unbiased=False)
         scale = weight * torch.rsqrt(var + self.bn_eps)
         shift = bias - mean * scale
-        return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
+        # in x's precision: bf16 activations stay bf16 under --amp bf16
+        scale, shift = scale.to(x.dtype).view(1, -1, 1, 1), shift.to(x.dtype).view(1, -1, 1, 1)
+        return torch.addcmul(shift, x, scale)
 
     def _attention_inputs(
         self, p: dict[str, torch.Tensor], x: torch.Tensor, n_support: int
     ) -> tuple[torch.Tensor, ...]:
-        """Tokens (B, HW, C) and q (1, B·HW, C), k and v (1, n_support·HW, C)."""
-        tokens = x.flatten(2).transpose(1, 2)
-        normed = F.layer_norm(tokens, (self.width,), p["attn.norm.weight"], p["attn.norm.bias"])
-        support = normed[:n_support].reshape(1, -1, self.width)  # keys/values: support set only
-        q = F.linear(normed.reshape(1, -1, self.width), p["attn.query.weight"])
+        """Tokens (B, n·HW, C), and q (B, n·HW, C), k and v (B, n_support·HW, C) per task."""
+        n, _, h, w = x.shape
+        tasks = p["attn.norm.weight"].shape[0]
+        # (n, B·C, h, w) -> (B, n·h·w, C): task b's tokens, images in order
+        tokens = x.permute(0, 2, 3, 1).reshape(n, h * w, tasks, self.width)
+        # in θ's precision (fp32 also under --amp bf16)
+        tokens = tokens.permute(2, 0, 1, 3).reshape(tasks, n * h * w, self.width)
+        tokens = tokens.to(p["attn.norm.weight"].dtype)
+        normed = F.layer_norm(tokens, (self.width,))  # LN(x) with each task's affine:
+        normed = torch.addcmul(
+            p["attn.norm.bias"].unsqueeze(1), normed, p["attn.norm.weight"].unsqueeze(1)
+        )
+        support = normed[:, : n_support * h * w]  # keys/values: the support set only
         return (
             tokens,
-            q,
-            F.linear(support, p["attn.key.weight"]),
-            F.linear(support, p["attn.value.weight"]),
+            normed @ p["attn.query.weight"].transpose(1, 2),
+            support @ p["attn.key.weight"].transpose(1, 2),
+            support @ p["attn.value.weight"].transpose(1, 2),
         )
 
     def _cross_attend(
@@ -185,28 +218,43 @@ class Conv4Learner(nn.Module):
     ) -> torch.Tensor:
         """y = x + γ ⊙ W_O · softmax(q kᵀ / √d) v with q = LN(x) W_Q, k = LN(s) W_K, v = LN(s) W_V,
         s the support set's tokens (MLAL's base-learner attention, with the softmax)."""
-        b, c, h, w = x.shape
+        n, _, h, w = x.shape
         tokens, q, k, v = self._attention_inputs(p, x, n_support)
-        attended = F.scaled_dot_product_attention(q, k, v).reshape(b, h * w, c)
-        y = tokens + self.attn_scale * F.linear(attended, p["attn.out.weight"])
-        return y.transpose(1, 2).reshape(b, c, h, w)
+        attended = F.scaled_dot_product_attention(q, k, v)
+        y = tokens + self.attn_scale * (attended @ p["attn.out.weight"].transpose(1, 2))
+        tasks = y.shape[0]
+        # (B, n·h·w, C) -> (n, h, w, B, C) in memory = (n, B·C, h, w) channels-last
+        y = y.view(tasks, n, h, w, self.width).permute(1, 2, 3, 0, 4).to(x.dtype).contiguous()
+        return y.view(n, h, w, tasks * self.width).permute(0, 3, 1, 2)
 
     def cross_attention_weights(
         self, theta: torch.Tensor, x: torch.Tensor, n_support: int
     ) -> torch.Tensor:
         """Attention of every image's positions over the support positions after block 3.
 
-        Returns (B, HW, n_support, HW): for image i and position j, a distribution over the
-        positions of the support images. For inspection and plots, not used in training.
+        theta (P,), x (n, C, H, W). Returns (n, HW, n_support, HW): for image i and position j,
+        a distribution over the positions of the support images. For inspection and plots.
         """
-        p = self.unflatten(theta)
-        x = x.contiguous(memory_format=torch.channels_last)
+        p = self.unflatten(theta[None])
+        x = _to_grouped(x[None])
         for b in range(ATTENTION_AFTER_BLOCK + 1):
             x = self._block(p, b, x, n_support, "support")
         _, q, k, _ = self._attention_inputs(p, x, n_support)
-        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(self.width), dim=-1)
+        weights = torch.softmax(q[0] @ k[0].T / math.sqrt(self.width), dim=-1)
         hw = x.shape[2] * x.shape[3]
         return weights.reshape(x.shape[0], hw, n_support, hw)
+
+
+def _to_grouped(x: torch.Tensor) -> torch.Tensor:
+    """Images of B tasks (B, n, C, H, W) -> (n, B·C, H, W) in channels-last memory.
+
+    Task b's image i is row i, channels b·C .. b·C + C - 1: the layout of a grouped convolution
+    with one group per task. Channels-last lets oneDNN (CPU) and cuDNN pick their fastest
+    kernels. For one task this is a view of an episode's (channels-last) images.
+    """
+    tasks, n, c, h, w = x.shape
+    grouped = x.permute(1, 3, 4, 0, 2).reshape(n, h, w, tasks * c).permute(0, 3, 1, 2)
+    return grouped.contiguous(memory_format=torch.channels_last)
 
 
 def reference_module(learner: Conv4Learner) -> nn.Sequential:

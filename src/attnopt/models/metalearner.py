@@ -36,15 +36,16 @@ def preprocess(v: torch.Tensor, p: float = PREPROCESS_P) -> torch.Tensor:
 class MetaState:
     """Recurrent state between inner steps, one row per coordinate of θ.
 
-    h, c: the shared LSTM's hidden and cell state, (P, hidden_size).
-    f, i: the previous forget and input gates, (P,).
+    h, c: the shared LSTM's hidden and cell state, (*tasks, P, hidden_size).
+    f, i: the previous forget and input gates, (*tasks, P).
+    ``tasks`` is () for one task, (B,) for a meta-batch of B tasks adapted together.
     """
 
     h: torch.Tensor
     c: torch.Tensor
     f: torch.Tensor
     i: torch.Tensor
-    attention: torch.Tensor | None = None  # (G, G) weights between chunk tokens, for inspection
+    attention: torch.Tensor | None = None  # (*tasks, G, G) between chunk tokens, for inspection
 
 
 class MetaLearner(nn.Module):
@@ -87,15 +88,15 @@ class MetaLearner(nn.Module):
         nn.init.uniform_(self.forget_bias, 4.0, 6.0)
         nn.init.uniform_(self.input_bias, -5.0, -4.0)
 
-    def initial_state(self) -> MetaState:
-        """Zero LSTM state and zero previous gates."""
+    def initial_state(self, tasks: tuple[int, ...] = ()) -> MetaState:
+        """Zero LSTM state and zero previous gates for ``tasks`` (() or (B,)) tasks."""
         like = self.c_init
-        zeros_h = like.new_zeros(like.shape[0], self.hidden_size)
-        zeros = like.new_zeros(like.shape[0])
+        zeros_h = like.new_zeros(*tasks, like.shape[0], self.hidden_size)
+        zeros = like.new_zeros(*tasks, like.shape[0])
         return MetaState(h=zeros_h, c=zeros_h, f=zeros, i=zeros)
 
     def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What the gates read of the LSTM state (P, hidden), and the attention weights if any.
+        """What the gates read of the LSTM state (..., P, hidden), and attention weights if any.
 
         The plain model reads h_t itself.
         """
@@ -104,13 +105,17 @@ class MetaLearner(nn.Module):
     def step(
         self, grad: torch.Tensor, loss: torch.Tensor, theta: torch.Tensor, state: MetaState
     ) -> tuple[torch.Tensor, MetaState]:
-        """One learned update. grad, theta: (P,); loss: scalar. Returns (θ_t, new state).
+        """One learned update. grad, theta: (*tasks, P); loss: (*tasks,). Returns (θ_t, state).
 
-        ``grad`` and ``loss`` must be detached: the paper drops their dependence on the
-        meta-parameters (first-order approximation).
+        Every coordinate of every task is one row of the shared LSTM, so a meta-batch of
+        tasks is one call. ``grad`` and ``loss`` must be detached: the paper drops their
+        dependence on the meta-parameters (first-order approximation).
         """
-        x = torch.cat((preprocess(loss).expand(grad.shape[0], 2), preprocess(grad)), dim=1)
-        h, c = self.lstm(x, (state.h, state.c))
+        loss_features = preprocess(loss).unsqueeze(-2).expand(*grad.shape, 2)
+        x = torch.cat((loss_features, preprocess(grad)), dim=-1)
+        rows = (-1, self.hidden_size)
+        h, c = self.lstm(x.reshape(-1, 4), (state.h.reshape(rows), state.c.reshape(rows)))
+        h, c = h.view(state.h.shape), c.view(state.c.shape)
         ctx, attention = self.context(h)
         # f_t = σ(W_F · [h_t, θ_{t-1}, f_{t-1}] + b_F)                        (paper, eq. 5)
         f = torch.sigmoid(self._gate(self.forget_weight, ctx, theta, state.f) + self.forget_bias)
@@ -186,32 +191,34 @@ class AttentionMetaLearner(MetaLearner):
         return self.tensor_of_chunk.shape[0]
 
     def _chunk_means(self, h: torch.Tensor) -> torch.Tensor:
-        """(P, H) -> (G, H): the mean over each chunk, with views and reductions only."""
+        """(..., P, H) -> (..., G, H): the mean over each chunk, with views and reductions."""
+        lead, hidden = h.shape[:-2], h.shape[-1]
         parts, start = [], 0
         for full, rest in self.layout:
             if full:
-                parts.append(
-                    h[start : start + full * self.chunk].view(full, self.chunk, -1).mean(1)
-                )
+                block = h[..., start : start + full * self.chunk, :]
+                parts.append(block.reshape(*lead, full, self.chunk, hidden).mean(-2))
                 start += full * self.chunk
             if rest:
-                parts.append(h[start : start + rest].mean(0, keepdim=True))
+                parts.append(h[..., start : start + rest, :].mean(-2, keepdim=True))
                 start += rest
-        return torch.cat(parts)
+        return torch.cat(parts, dim=-2)
 
     def _broadcast(self, per_chunk: torch.Tensor) -> torch.Tensor:
-        """(G, H) -> (P, H): every coordinate gets its chunk's row, with expands only (indexing
-        would make the backward a slow scatter-add)."""
+        """(..., G, H) -> (..., P, H): every coordinate gets its chunk's row, with expands only
+        (indexing would make the backward a slow scatter-add)."""
+        lead, hidden = per_chunk.shape[:-2], per_chunk.shape[-1]
         parts, g = [], 0
         for full, rest in self.layout:
             if full:
-                rows = per_chunk[g : g + full].unsqueeze(1).expand(full, self.chunk, -1)
-                parts.append(rows.reshape(full * self.chunk, -1))
+                rows = per_chunk[..., g : g + full, :].unsqueeze(-2)
+                rows = rows.expand(*lead, full, self.chunk, hidden)
+                parts.append(rows.reshape(*lead, full * self.chunk, hidden))
                 g += full
             if rest:
-                parts.append(per_chunk[g : g + 1].expand(rest, -1))
+                parts.append(per_chunk[..., g : g + 1, :].expand(*lead, rest, hidden))
                 g += 1
-        return torch.cat(parts)
+        return torch.cat(parts, dim=-2)
 
     def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """h̃_t = h_t + W_O · ctx_g for every coordinate of chunk g."""
@@ -219,5 +226,5 @@ class AttentionMetaLearner(MetaLearner):
         tokens = self._chunk_means(h) + self.tensor_embedding[self.tensor_of_chunk]
         q, k, v = self.attn_query(tokens), self.attn_key(tokens), self.attn_value(tokens)
         # ctx = softmax(Q Kᵀ / √d) V over the G tokens
-        weights = torch.softmax(q @ k.T / math.sqrt(q.shape[1]), dim=-1)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
         return h + self._broadcast(self.attn_out(weights @ v)), weights

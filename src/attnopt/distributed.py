@@ -1,0 +1,91 @@
+"""Several processes meta-training one model: ``torchrun --nproc_per_node=G -m attnopt train``.
+
+Each process adapts its share of every meta-batch (``--meta-batch`` B is the global batch,
+B / G tasks per process); the meta-gradients are averaged with one all-reduce, so every
+process takes the same Adam step and G processes compute what one process with meta-batch B
+computes. Episode indices are global: process r of G takes tasks r·B/G .. (r+1)·B/G - 1 of
+each meta-batch. Rank 0 alone logs, validates and writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from attnopt.errors import UserError
+from attnopt.runtime import select_device
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the ``world`` processes of a run."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, first: int, meta_batch: int) -> range:
+        """The global episode indices this process adapts in the meta-batch starting at
+        ``first``."""
+        local = meta_batch // self.world
+        start = first + self.rank * local
+        return range(start, start + local)
+
+
+def start(force_cpu: bool, meta_batch: int) -> tuple[Processes, torch.device]:
+    """Join the torchrun process group when started by torchrun (WORLD_SIZE > 1), and pick
+    this process's device: GPU ``LOCAL_RANK`` with NCCL, else the CPU with gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Processes(), select_device(force_cpu)
+    if meta_batch % world:
+        raise UserError(
+            f"--meta-batch {meta_batch} cannot be split across {world} processes; "
+            f"use a multiple of {world}"
+        )
+    if not force_cpu and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # as select_device does
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Processes(dist.get_rank(), dist.get_world_size()), device
+
+
+def stop() -> None:
+    """Leave the process group (all processes wait for each other first)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], procs: Processes) -> None:
+    """Replace every gradient by its mean over the processes, in one all-reduce."""
+    if procs.world == 1:
+        return
+    params = [p for p in parameters if p.grad is not None]
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= procs.world
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.grad.numel()].view_as(p.grad))
+        offset += p.grad.numel()
+
+
+def sum_over_processes(values: torch.Tensor, procs: Processes) -> torch.Tensor:
+    """``values`` summed over the processes (for logging statistics)."""
+    if procs.world > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
