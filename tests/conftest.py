@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +159,38 @@ def error_line(capsys: pytest.CaptureFixture) -> str:
     assert lines[0].startswith("error: ") and err.rstrip().endswith(lines[0])
     assert "Traceback" not in err
     return lines[0]
+
+
+def tiny_flags(data_root: Path, save: Path) -> list[str]:
+    """A tiny ``attnopt train`` run on a folder data set (3-way 2-shot, 16x16, 6 episodes)."""
+    return [
+        *("--data", "folder", "--data-root", str(data_root), "--image-size", "16"),
+        *("--n-class", "3", "--n-shot", "2", "--n-eval", "2", "--episode", "6"),
+        *("--val-freq", "3", "--episode-val", "4", "--episode-test", "5", "--log-freq", "2"),
+        *("--save", str(save), "--cpu", "--seed", "1"),
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One tiny training run per test session (training also draws the figures and the
+    report), shared by every test file: (run folder, stdout). Never change it: use
+    ``trained_run``."""
+    from attnopt.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_folder_dataset(root / "mini")
+    run = root / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["train", *tiny_flags(data, run), "--cache-dir", str(root / "cache")])
+    assert status == 0
+    return run, out.getvalue()
+
+
+@pytest.fixture
+def trained_run(trained_template: tuple[Path, str], tmp_path: Path) -> Path:
+    """A private copy of the tiny run, free to change."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_template[0], run)
+    return run

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from attnopt.adapt import adapt, query_logits
@@ -27,6 +28,7 @@ class EvalResult:
     episodes: int
     n_class: int
     n_shot: int
+    loss: float = float("nan")  # mean query cross-entropy
 
     def summary(self) -> str:
         return (
@@ -55,7 +57,7 @@ def evaluate(
     desc: str = "eval",
 ) -> EvalResult:
     """Adapt to ``episodes`` episodes of ``sampler`` and score the query sets."""
-    accuracies = []
+    accuracies, losses = [], []
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -73,9 +75,11 @@ def evaluate(
             )
             logits = query_logits(model.learner, theta, ep.support_x, ep.query_x, config.bn)
             accuracies.append((logits.argmax(1) == ep.query_y).float().mean())
+            losses.append(F.cross_entropy(logits, ep.query_y))
     model.train(was_training)
     mean, ci = confidence_interval(torch.stack(accuracies).cpu())
-    return EvalResult(mean, ci, episodes, config.n_class, config.n_shot)
+    loss = torch.stack(losses).mean().item()
+    return EvalResult(mean, ci, episodes, config.n_class, config.n_shot, loss)
 
 
 def load_trained(path: str, config: Config, in_channels: int, device: torch.device) -> FewShotModel:

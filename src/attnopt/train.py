@@ -27,11 +27,24 @@ from attnopt.fileio import rows_until, write_csv, write_json
 from attnopt.gatelog import GateLog
 from attnopt.models import build_model
 from attnopt.plot import plot_run
+from attnopt.report import write_report
 from attnopt.runtime import seed_everything, select_device
+from attnopt.tblog import TensorBoardLog, summary_writer
 
 log = logging.getLogger("attnopt")
 
-METRIC_FIELDS = ("episode", "split", "loss", "accuracy", "ci95", "elapsed_s")
+# Train rows: running means since the last row, the learning rate, meta-training episodes/s
+# (validation excluded) and time since the start; val rows: loss, accuracy and its 95% CI.
+METRIC_FIELDS = (
+    "episode",
+    "split",
+    "loss",
+    "accuracy",
+    "ci95",
+    "lr",
+    "episodes_per_s",
+    "elapsed_s",
+)
 
 
 @dataclass(frozen=True)
@@ -55,13 +68,19 @@ class _TqdmHandler(logging.Handler):
 class _Metrics:
     """metrics.csv, rewritten atomically on every append so it is never half-written."""
 
-    def __init__(self, path: Path, keep_until: int | None) -> None:
+    def __init__(
+        self, path: Path, keep_until: int | None, tensorboard: TensorBoardLog | None = None
+    ) -> None:
         self.path = path
         self.rows = rows_until(path, keep_until)  # resume: drop rows after the checkpoint
+        self.tensorboard = tensorboard
 
-    def append(self, **row: object) -> None:
+    def append(self, episode: int, split: str, **values: object) -> None:
+        row = {"episode": episode, "split": split, **values}
         self.rows.append({k: _fmt(row.get(k, "")) for k in METRIC_FIELDS})
         write_csv(self.path, METRIC_FIELDS, self.rows)
+        if self.tensorboard is not None:
+            self.tensorboard.add(split, episode, values)
 
 
 def _fmt(value: object) -> str:
@@ -81,6 +100,8 @@ def _attach_log_file(run_dir: Path) -> list[logging.Handler]:
 
 def train(config: Config) -> TrainResult:
     """Meta-train as ``config`` says, then test the best checkpoint on the test split."""
+    if config.tensorboard:
+        summary_writer()  # a missing package is an error before anything starts
     run_dir = Path(config.save)
     ckpt_dir = run_dir / "ckpts"
     try:
@@ -88,15 +109,20 @@ def train(config: Config) -> TrainResult:
     except OSError as e:
         raise UserError(f"cannot create the run folder {run_dir} (--save): {e.strerror}") from None
     handlers = _attach_log_file(run_dir)
+    tensorboard = TensorBoardLog(run_dir) if config.tensorboard else None
     try:
-        return _train(config, run_dir, ckpt_dir)
+        return _train(config, run_dir, ckpt_dir, tensorboard)
     finally:
         for h in handlers:
             log.removeHandler(h)
             h.close()
+        if tensorboard is not None:
+            tensorboard.close()
 
 
-def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
+def _train(
+    config: Config, run_dir: Path, ckpt_dir: Path, tensorboard: TensorBoardLog | None
+) -> TrainResult:
     device = select_device(config.cpu)
     seed_everything(config.seed)
     train_set, val_set = load_split(config, "train"), load_split(config, "val")
@@ -124,7 +150,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         log.info("resumed from %s at episode %d", config.resume, start)
     write_json(run_dir / "config.json", config.to_dict())
     keep_until = start if config.resume else None
-    metrics = _Metrics(run_dir / "metrics.csv", keep_until)
+    metrics = _Metrics(run_dir / "metrics.csv", keep_until, tensorboard)
     gates = GateLog(run_dir / "gates.csv", learner, keep_until)
     log.info(
         "meta-training %d-way %d-shot on %s (%d train classes), %d parameters in the "
@@ -150,6 +176,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         )
 
     t0 = time.perf_counter()
+    window_t0 = t0  # start of the current logging window, validation time excluded
     loss_sum = torch.zeros((), device=device)
     acc_sum = torch.zeros((), device=device)
     window = 0
@@ -188,21 +215,30 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
         if log_now:
             gates.write(episode)
             mean_loss, mean_acc = loss_sum.item() / window, 100.0 * acc_sum.item() / window
-            elapsed = time.perf_counter() - t0
+            now = time.perf_counter()
+            elapsed, speed = now - t0, window / (now - window_t0)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.1f}%")
             log.info("episode %d  train loss %.4f  acc %.2f%%", episode, mean_loss, mean_acc)
             metrics.append(
-                episode=episode, split="train", loss=mean_loss, accuracy=mean_acc, elapsed_s=elapsed
+                episode=episode,
+                split="train",
+                loss=mean_loss,
+                accuracy=mean_acc,
+                lr=float(optimizer.param_groups[0]["lr"]),
+                episodes_per_s=speed,
+                elapsed_s=elapsed,
             )
             loss_sum.zero_()
             acc_sum.zero_()
-            window = 0
+            window, window_t0 = 0, now
         if episode % config.val_freq == 0 or episode == config.episode:
+            val_t0 = time.perf_counter()
             val = evaluate(model, val_sampler, config, config.episode_val, device, "val")
             log.info("episode %d  val acc %s", episode, val.summary())
             metrics.append(
                 episode=episode,
                 split="val",
+                loss=val.loss,
                 accuracy=val.accuracy,
                 ci95=val.ci95,
                 elapsed_s=time.perf_counter() - t0,
@@ -211,6 +247,7 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
                 best_acc, best_episode = val.accuracy, episode
                 save(ckpt_dir / "best.pt", episode)
             save(ckpt_dir / "last.pt", episode)
+            window_t0 += time.perf_counter() - val_t0
     bar.close()
     train_seconds = time.perf_counter() - t0
 
@@ -221,4 +258,5 @@ def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
     )
     log.info("best val accuracy %.2f%% at episode %d", best_acc, best_episode)
     plot_run(run_dir, device)
+    write_report(run_dir)
     return TrainResult(run_dir, best_acc, best_episode, result, train_seconds)
