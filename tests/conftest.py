@@ -194,3 +194,54 @@ def trained_run(trained_template: tuple[Path, str], tmp_path: Path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(trained_template[0], run)
     return run
+
+
+def make_checkpoint(
+    path: Path,
+    channels: int = 3,
+    n_class: int = 3,
+    image_size: int = 16,
+    attention: str = "both",
+    seed: int = 0,
+) -> Path:
+    """An untrained checkpoint whose meta-parameters are perturbed at random, so that every
+    path (the cross-attention and the meta-attention included) is active. Two inner steps."""
+    import torch
+
+    from attnopt.checkpoint import save_checkpoint
+    from attnopt.config import Config
+    from attnopt.models import build_model
+
+    torch.manual_seed(seed)
+    config = Config(
+        n_class=n_class,
+        n_shot=2,
+        epoch=2,
+        batch_size=2 * n_class,
+        image_size=image_size,
+        attention=attention,
+    )
+    model = build_model(config, channels)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(
+        path,
+        config=config,
+        in_channels=channels,
+        model=model.state_dict(),
+        optimizer=None,
+        episode=0,
+        best_accuracy=0.0,
+        best_episode=0,
+    )
+    return path
+
+
+def make_support(root: Path, counts: dict[str, int], size: int = 16, seed: int = 0) -> Path:
+    """ROOT/<class>/<image>.png with ``counts[class]`` random RGB images of ``size`` pixels."""
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        for i in range(count):
+            write_image(root / name / f"{name}_{i}.png", rng, size=size)
+    return root

@@ -157,7 +157,7 @@ class FewShotClassifier:
                 f"cannot use a {type(image).__name__} as an image; pass paths, PIL images "
                 "or float tensors (C, H, W) in [0, 1]"
             )
-        return to_unit(torch.from_numpy(array).unsqueeze(0))
+        return to_unit(torch.from_numpy(array.copy()).unsqueeze(0))  # Pillow's is read-only
 
     def _check_tensor(self, x: torch.Tensor) -> torch.Tensor:
         expected = (self.channels, self.image_size, self.image_size)
@@ -221,9 +221,10 @@ class FewShotClassifier:
 def inner_loop_shape(config: Config, n_support: int) -> tuple[int, int]:
     """(passes, mini-batch size) for a support set of ``n_support`` images.
 
-    The learned optimizer was meta-trained for T = ``--epoch`` passes of
-    ceil(N·K / ``--batch-size``) steps each; any support set gets the same T steps: the same
-    passes, each in as many mini-batches as in training (one, by default: the whole set).
+    The learned optimizer was meta-trained for T = ``--epoch`` passes of s = ceil(N·K /
+    ``--batch-size``) steps each. Any support set gets the same passes, each in the smallest
+    mini-batches that take at most s steps: by default (s = 1) the whole support set, so
+    exactly T steps, whatever the number of shots.
     """
     steps_per_pass = math.ceil(config.n_class * config.n_shot / config.batch_size)
     return config.epoch, math.ceil(n_support / steps_per_pass)
