@@ -22,6 +22,18 @@ def isolated_cache(
     return cache
 
 
+@pytest.fixture
+def small_glyphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in data set cut down to 6 characters per split, so it builds in a moment."""
+    from attnopt.data import glyphs
+
+    catalogue = glyphs._catalogue()
+    small = tuple(
+        c for split in glyphs.GLYPH_SPLITS for c in [c for c in catalogue if c[1] == split][:6]
+    )
+    monkeypatch.setattr(glyphs, "_catalogue", lambda: small)
+
+
 def write_image(path: Path, rng: np.random.Generator, size: int = 20, mode: str = "RGB") -> None:
     """A small random image; the suffix of ``path`` picks the format."""
     path.parent.mkdir(parents=True, exist_ok=True)
