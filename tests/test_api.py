@@ -250,3 +250,9 @@ def test_train_and_evaluate_return_results_without_printing(
     assert 0 <= evaluated.accuracy <= 100
     assert sorted(p.name for p in run.rglob("*")) == before  # writes nothing
     assert capsys.readouterr().out == ""  # evaluate prints nothing at all
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_loading_onto_a_missing_gpu_is_a_user_error(rgb_ckpt: Path) -> None:
+    with pytest.raises(UserError, match="device cuda"):
+        attnopt.load(rgb_ckpt, device="cuda")

@@ -74,9 +74,12 @@ def evaluate(checkpoint: str | os.PathLike, device: str | None = None, **flags: 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FewShotClassifier:
     """The trained model in checkpoint ``path``, ready to adapt to your support sets."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} is not available here; use device='cpu'")
     ckpt = load_checkpoint(path)
     config: Config = ckpt["config"]
-    model = load_trained(str(path), config, ckpt["in_channels"], torch.device(device))
+    model = load_trained(str(path), config, ckpt["in_channels"], device)
     return FewShotClassifier(model, config, ckpt["in_channels"], str(path))
 
 
