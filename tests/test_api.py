@@ -238,7 +238,9 @@ def test_train_and_evaluate_return_results_without_printing(
 ) -> None:
     flags = _as_kwargs(tiny_flags(folder_dataset, tmp_path / "run"))
     result = attnopt.train(
-        **{**flags, "episode": 2, "val_freq": 2, "episode_test": 3, "attention": "none"}
+        **{**flags, "episode": 2, "val_freq": 2, "episode_val": 2, "episode_test": 3},
+        attention="none",
+        epoch=2,
     )
     assert result.run_dir == tmp_path / "run" and (result.run_dir / "ckpts" / "best.pt").is_file()
     assert result.test.episodes == 3 and result.best_episode == 2

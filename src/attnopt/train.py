@@ -68,12 +68,10 @@ class _TqdmHandler(logging.Handler):
 class _Metrics:
     """metrics.csv, rewritten atomically on every append so it is never half-written."""
 
-    def __init__(
-        self, path: Path, keep_until: int | None, tensorboard: TensorBoardLog | None = None
-    ) -> None:
+    def __init__(self, path: Path, keep_until: int | None, tensorboard: bool = False) -> None:
         self.path = path
         self.rows = rows_until(path, keep_until)  # resume: drop rows after the checkpoint
-        self.tensorboard = tensorboard
+        self.tensorboard = TensorBoardLog(path.parent) if tensorboard else None
 
     def append(self, episode: int, split: str, **values: object) -> None:
         row = {"episode": episode, "split": split, **values}
@@ -81,6 +79,10 @@ class _Metrics:
         write_csv(self.path, METRIC_FIELDS, self.rows)
         if self.tensorboard is not None:
             self.tensorboard.add(split, episode, values)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _fmt(value: object) -> str:
@@ -109,20 +111,15 @@ def train(config: Config) -> TrainResult:
     except OSError as e:
         raise UserError(f"cannot create the run folder {run_dir} (--save): {e.strerror}") from None
     handlers = _attach_log_file(run_dir)
-    tensorboard = TensorBoardLog(run_dir) if config.tensorboard else None
     try:
-        return _train(config, run_dir, ckpt_dir, tensorboard)
+        return _train(config, run_dir, ckpt_dir)
     finally:
         for h in handlers:
             log.removeHandler(h)
             h.close()
-        if tensorboard is not None:
-            tensorboard.close()
 
 
-def _train(
-    config: Config, run_dir: Path, ckpt_dir: Path, tensorboard: TensorBoardLog | None
-) -> TrainResult:
+def _train(config: Config, run_dir: Path, ckpt_dir: Path) -> TrainResult:
     device = select_device(config.cpu)
     seed_everything(config.seed)
     train_set, val_set = load_split(config, "train"), load_split(config, "val")
@@ -150,7 +147,7 @@ def _train(
         log.info("resumed from %s at episode %d", config.resume, start)
     write_json(run_dir / "config.json", config.to_dict())
     keep_until = start if config.resume else None
-    metrics = _Metrics(run_dir / "metrics.csv", keep_until, tensorboard)
+    metrics = _Metrics(run_dir / "metrics.csv", keep_until, config.tensorboard)
     gates = GateLog(run_dir / "gates.csv", learner, keep_until)
     log.info(
         "meta-training %d-way %d-shot on %s (%d train classes), %d parameters in the "
@@ -249,6 +246,7 @@ def _train(
             save(ckpt_dir / "last.pt", episode)
             window_t0 += time.perf_counter() - val_t0
     bar.close()
+    metrics.close()
     train_seconds = time.perf_counter() - t0
 
     result = test_checkpoint(str(ckpt_dir / "best.pt"), config, device)
