@@ -174,8 +174,7 @@ def test_readme_python_examples_run(sandbox: Path, monkeypatch: pytest.MonkeyPat
     real_train, real_evaluate = attnopt.train, attnopt.evaluate
 
     def tiny_train(config=None, **flags):
-        config = attnopt.make_config(config, **flags) if flags or config is None else config
-        return real_train(dataclasses.replace(config, **TINY_CONFIG))
+        return real_train(dataclasses.replace(attnopt.make_config(config, **flags), **TINY_CONFIG))
 
     def tiny_evaluate(checkpoint, device=None, **flags):
         return real_evaluate(checkpoint, device, **{**flags, "episode_test": 1, "epoch": 1})

@@ -56,9 +56,9 @@ def train(config: Config | None = None, **flags: Any) -> TrainResult:
     """Meta-train (``attnopt train``) and return the result instead of printing it.
 
     ``attnopt.train(n_shot=1, save="runs/1shot")`` or ``attnopt.train(attnopt.make_config(...))``;
-    keyword flags are applied on top of ``config``.
+    keyword flags are applied on top of ``config``, and the result is validated.
     """
-    return _train(make_config(config, **flags) if flags or config is None else config)
+    return _train(make_config(config, **flags))
 
 
 def evaluate(checkpoint: str | os.PathLike, device: str | None = None, **flags: Any) -> EvalResult:
