@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,18 @@ def isolated_cache(
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("ATTNOPT_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def small_glyphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in data set cut down to 6 characters per split, so it builds in a moment."""
+    from attnopt.data import glyphs
+
+    catalogue = glyphs._catalogue()
+    small = tuple(
+        c for split in glyphs.GLYPH_SPLITS for c in [c for c in catalogue if c[1] == split][:6]
+    )
+    monkeypatch.setattr(glyphs, "_catalogue", lambda: small)
 
 
 def write_image(path: Path, rng: np.random.Generator, size: int = 20, mode: str = "RGB") -> None:
@@ -156,3 +171,89 @@ def error_line(capsys: pytest.CaptureFixture) -> str:
     assert lines[0].startswith("error: ") and err.rstrip().endswith(lines[0])
     assert "Traceback" not in err
     return lines[0]
+
+
+def tiny_flags(data_root: Path, save: Path) -> list[str]:
+    """A tiny ``attnopt train`` run on a folder data set (3-way 2-shot, 16x16, 6 episodes)."""
+    return [
+        *("--data", "folder", "--data-root", str(data_root), "--image-size", "16"),
+        *("--n-class", "3", "--n-shot", "2", "--n-eval", "2", "--episode", "6"),
+        *("--val-freq", "3", "--episode-val", "4", "--episode-test", "5", "--log-freq", "2"),
+        *("--save", str(save), "--cpu", "--seed", "1"),
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One tiny training run per test session (training also draws the figures and the
+    report), shared by every test file: (run folder, stdout). Never change it: use
+    ``trained_run``."""
+    from attnopt.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_folder_dataset(root / "mini")
+    run = root / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["train", *tiny_flags(data, run), "--cache-dir", str(root / "cache")])
+    assert status == 0
+    return run, out.getvalue()
+
+
+@pytest.fixture
+def trained_run(trained_template: tuple[Path, str], tmp_path: Path) -> Path:
+    """A private copy of the tiny run, free to change."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_template[0], run)
+    return run
+
+
+def make_checkpoint(
+    path: Path,
+    channels: int = 3,
+    n_class: int = 3,
+    image_size: int = 16,
+    attention: str = "both",
+    seed: int = 0,
+) -> Path:
+    """An untrained checkpoint whose meta-parameters are perturbed at random, so that every
+    path (the cross-attention and the meta-attention included) is active. Two inner steps."""
+    import torch
+
+    from attnopt.checkpoint import save_checkpoint
+    from attnopt.config import Config
+    from attnopt.models import build_model
+
+    torch.manual_seed(seed)
+    config = Config(
+        n_class=n_class,
+        n_shot=2,
+        epoch=2,
+        batch_size=2 * n_class,
+        image_size=image_size,
+        attention=attention,
+    )
+    model = build_model(config, channels)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(
+        path,
+        config=config,
+        in_channels=channels,
+        model=model.state_dict(),
+        optimizer=None,
+        episode=0,
+        best_accuracy=0.0,
+        best_episode=0,
+    )
+    return path
+
+
+def make_support(root: Path, counts: dict[str, int], size: int = 16, seed: int = 0) -> Path:
+    """ROOT/<class>/<image>.png with ``counts[class]`` random RGB images of ``size`` pixels."""
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        for i in range(count):
+            write_image(root / name / f"{name}_{i}.png", rng, size=size)
+    return root

@@ -1,6 +1,4 @@
-import contextlib
 import csv
-import io
 import json
 import shutil
 import subprocess
@@ -9,64 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import error_line, make_folder_dataset
+from conftest import error_line, tiny_flags
 
 from attnopt.cli import main, seed_main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_flags(data_root: Path, save: Path) -> list[str]:
-    return [
-        "--data",
-        "folder",
-        "--data-root",
-        str(data_root),
-        "--image-size",
-        "16",
-        "--n-class",
-        "3",
-        "--n-shot",
-        "2",
-        "--n-eval",
-        "2",
-        "--episode",
-        "6",
-        "--val-freq",
-        "3",
-        "--episode-val",
-        "4",
-        "--episode-test",
-        "5",
-        "--log-freq",
-        "2",
-        "--save",
-        str(save),
-        "--cpu",
-        "--seed",
-        "1",
-    ]
-
-
-@pytest.fixture(scope="module")
-def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One tiny training run per module (training also draws the figures): (run, stdout)."""
-    root = tmp_path_factory.mktemp("cli")
-    data = make_folder_dataset(root / "mini")
-    run = root / "run"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status = main(["train", *tiny_flags(data, run), "--cache-dir", str(root / "cache")])
-    assert status == 0
-    return run, out.getvalue()
-
-
-@pytest.fixture
-def trained_run(trained_template: tuple[Path, str], tmp_path: Path) -> Path:
-    """A private copy of the tiny run, free to change."""
-    run = tmp_path / "run"
-    shutil.copytree(trained_template[0], run)
-    return run
 
 
 def test_train_ends_with_the_test_accuracy_line(trained_template: tuple[Path, str]) -> None:
@@ -200,7 +145,6 @@ def test_damaged_checkpoint_is_a_user_error(tmp_path: Path, capsys) -> None:
 def test_bad_data_exits_2_naming_the_path(
     folder_dataset: Path, tmp_path: Path, mutate: str, culprit: str, capsys
 ) -> None:
-    import shutil
 
     if mutate == "missing_split":
         shutil.rmtree(folder_dataset / "val")

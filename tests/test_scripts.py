@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from attnopt.cli import main
-from attnopt.data import glyphs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -27,16 +26,6 @@ TINY = [
     "2",
     "--cpu",
 ]
-
-
-@pytest.fixture
-def small_glyphs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The built-in data set cut down to 6 characters per split, so it builds in a moment."""
-    catalogue = glyphs._catalogue()
-    small = tuple(
-        c for split in glyphs.GLYPH_SPLITS for c in [c for c in catalogue if c[1] == split][:6]
-    )
-    monkeypatch.setattr(glyphs, "_catalogue", lambda: small)
 
 
 def test_default_main_job_trains_on_glyphs_and_tests(small_glyphs, tmp_path: Path, capsys) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (
         pickle.UnpicklingError,
+        struct.error,  # a short file read as a legacy (non-zip) pickle
         zipfile.BadZipFile,
         RuntimeError,
         EOFError,

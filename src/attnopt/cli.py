@@ -1,4 +1,5 @@
-"""Command line: ``attnopt train|test`` and the seed's ``python main.py --mode train|test``.
+"""Command line: ``attnopt train|test|predict|plot|report`` and the seed's
+``python main.py --mode train|test``.
 
 Every user error ends with exit status 2 and one line ``error: ...``.
 """
@@ -23,6 +24,7 @@ from attnopt.config import (
 from attnopt.errors import UserError
 from attnopt.evaluate import test_checkpoint
 from attnopt.fileio import write_json
+from attnopt.predict import FORMATS
 from attnopt.runtime import select_device
 
 log = logging.getLogger("attnopt")
@@ -125,13 +127,45 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed (0)")
 
 
+def _add_predict_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", required=True, metavar="CKPT", help="a trained checkpoint")
+    p.add_argument(
+        "--support",
+        required=True,
+        metavar="DIR",
+        help="labelled images: DIR/<class>/<image>, at most as many classes as in training",
+    )
+    p.add_argument(
+        "--query", required=True, nargs="+", metavar="PATH", help="image files and/or folders"
+    )
+    p.add_argument("--output", metavar="FILE", help="write the predictions here (CSV) instead")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="table (default on the console), csv (default with --output) or json",
+    )
+    p.add_argument("--cpu", action="store_true", help="use the CPU even with a GPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnopt", description="Few-shot learning with a learned LSTM optimizer.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_run_flags(sub.add_parser("train", help="meta-train, then test the best checkpoint"))
+    train = sub.add_parser("train", help="meta-train, then test the best checkpoint")
+    _add_run_flags(train)
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help='also log scalars to RUN_DIR/tensorboard (pip install "attnopt[tensorboard]")',
+    )
     _add_run_flags(sub.add_parser("test", help="evaluate a checkpoint on the test split"))
+    _add_predict_flags(
+        sub.add_parser("predict", help="adapt to a folder of labelled images, classify others")
+    )
     plot = sub.add_parser("plot", help="draw the gate and attention figures of a run")
     plot.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (--save of a training run)")
+    report = sub.add_parser("report", help="draw report.png (learning curves), print a summary")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (--save of a run)")
     return parser
 
 
@@ -166,6 +200,21 @@ def _test(args: argparse.Namespace) -> None:
     print(f"test accuracy {result.summary()}")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from attnopt.predict import run_predict
+
+    text = run_predict(args.resume, args.support, args.query, args.output, args.format, args.cpu)
+    sys.stdout.write(text)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from attnopt.report import write_report
+
+    path, summary = write_report(args.run_dir)
+    print(summary)
+    print(f"wrote {path}")
+
+
 def _plot(args: argparse.Namespace) -> None:
     from attnopt.plot import plot_run
 
@@ -178,7 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args = build_parser().parse_args(argv)
-        {"train": _train, "test": _test, "plot": _plot}[args.command](args)
+        commands = {
+            "train": _train,
+            "test": _test,
+            "predict": _predict,
+            "plot": _plot,
+            "report": _report,
+        }
+        commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

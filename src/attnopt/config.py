@@ -68,6 +68,7 @@ class Config:
     resume: str | None = None
     cpu: bool = False
     seed: int = 0
+    tensorboard: bool = False  # also log scalars to <save>/tensorboard
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

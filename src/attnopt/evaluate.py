@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from attnopt.adapt import adapt_tasks, query_logits_tasks
@@ -27,6 +28,7 @@ class EvalResult:
     episodes: int
     n_class: int
     n_shot: int
+    loss: float = float("nan")  # mean query cross-entropy
 
     def summary(self) -> str:
         return (
@@ -59,7 +61,7 @@ def evaluate(
     ``config.eval_batch`` episodes are adapted together; the result does not depend on it
     (tasks never interact), only the speed does.
     """
-    accuracies = []
+    accuracies, losses = [], []
     was_training = model.training
     model.eval()
     with (
@@ -81,10 +83,14 @@ def evaluate(
             )
             logits = query_logits_tasks(model.learner, theta, ep.support_x, ep.query_x, config.bn)
             accuracies.append((logits.argmax(-1) == ep.query_y).float().mean(1))
+            losses.append(
+                F.cross_entropy(logits.flatten(0, 1), ep.query_y.flatten(), reduction="none")
+            )
             bar.update(len(indices))
     model.train(was_training)
     mean, ci = confidence_interval(torch.cat(accuracies).cpu())
-    return EvalResult(mean, ci, episodes, config.n_class, config.n_shot)
+    loss = torch.cat(losses).mean().item()
+    return EvalResult(mean, ci, episodes, config.n_class, config.n_shot, loss)
 
 
 def load_trained(path: str, config: Config, in_channels: int, device: torch.device) -> FewShotModel:

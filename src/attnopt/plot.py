@@ -32,7 +32,8 @@ from attnopt.models import FewShotModel
 from attnopt.models.metalearner import AttentionMetaLearner, MetaState
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG, atomically; returns ``path``."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return path
@@ -69,7 +70,7 @@ def plot_gates(run_dir: Path) -> Path:
                 ax.set_xlabel("meta-training episode", fontsize=8)
     axes[0][-1].legend(fontsize=6, title="inner step", title_fontsize=6, loc="best")
     fig.suptitle("Mean gate values per inner step (input gate = learned learning rate)")
-    return _save(fig, run_dir / "gates.png")
+    return save_figure(fig, run_dir / "gates.png")
 
 
 def _validation_episode(run_dir: Path, config: Config, device: torch.device) -> Episode:
@@ -119,7 +120,7 @@ def plot_meta_attention(model: FewShotModel, episode: Episode, config: Config, p
         "Meta-learner attention between parameter tensors (last inner step, 1 = uniform)",
         fontsize=9,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _to_rgb(image: torch.Tensor) -> np.ndarray:
@@ -178,14 +179,14 @@ def plot_cross_attention(
                 fontsize=4,
                 color="green" if same else "black",
             )
-    ax.imshow(canvas)
+    ax.imshow(canvas.clip(0.0, 1.0))  # the blend can exceed 1 by rounding
     ax.set_axis_off()
     ax.set_title(
         "Learner cross-attention: each row a query (left); support images sorted by class, "
         "% of the query's attention (green: same class)",
         fontsize=6,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_run(run_dir: str | Path, device: torch.device | None = None) -> list[Path]:

@@ -30,11 +30,24 @@ from attnopt.fileio import rows_until, write_csv, write_json
 from attnopt.gatelog import GateLog
 from attnopt.models import build_model
 from attnopt.plot import plot_run
+from attnopt.report import write_report
 from attnopt.runtime import seed_everything
+from attnopt.tblog import TensorBoardLog, summary_writer
 
 log = logging.getLogger("attnopt")
 
-METRIC_FIELDS = ("episode", "split", "loss", "accuracy", "ci95", "elapsed_s")
+# Train rows: running means since the last row, the learning rate, meta-training episodes/s
+# (validation excluded) and time since the start; val rows: loss, accuracy and its 95% CI.
+METRIC_FIELDS = (
+    "episode",
+    "split",
+    "loss",
+    "accuracy",
+    "ci95",
+    "lr",
+    "episodes_per_s",
+    "elapsed_s",
+)
 
 
 @dataclass(frozen=True)
@@ -58,13 +71,21 @@ class _TqdmHandler(logging.Handler):
 class _Metrics:
     """metrics.csv, rewritten atomically on every append so it is never half-written."""
 
-    def __init__(self, path: Path, keep_until: int | None) -> None:
+    def __init__(self, path: Path, keep_until: int | None, tensorboard: bool = False) -> None:
         self.path = path
         self.rows = rows_until(path, keep_until)  # resume: drop rows after the checkpoint
+        self.tensorboard = TensorBoardLog(path.parent) if tensorboard else None
 
-    def append(self, **row: object) -> None:
+    def append(self, episode: int, split: str, **values: object) -> None:
+        row = {"episode": episode, "split": split, **values}
         self.rows.append({k: _fmt(row.get(k, "")) for k in METRIC_FIELDS})
         write_csv(self.path, METRIC_FIELDS, self.rows)
+        if self.tensorboard is not None:
+            self.tensorboard.add(split, episode, values)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _fmt(value: object) -> str:
@@ -88,6 +109,8 @@ def train(config: Config) -> TrainResult | None:
     Under torchrun only rank 0 writes the run folder and returns a result; the others
     return None.
     """
+    if config.tensorboard:
+        summary_writer()  # a missing package is an error before anything starts
     procs, device = distributed.start(config.cpu, config.meta_batch)
     try:
         if not procs.is_main:
@@ -149,7 +172,7 @@ def _train(
         ckpt_dir = run_dir / "ckpts"
         write_json(run_dir / "config.json", config.to_dict())
         keep_until = start if config.resume else None
-        metrics = _Metrics(run_dir / "metrics.csv", keep_until)
+        metrics = _Metrics(run_dir / "metrics.csv", keep_until, config.tensorboard)
         gates = GateLog(run_dir / "gates.csv", learner, keep_until)
         log.info(
             "meta-training %d-way %d-shot on %s (%d train classes), %d parameters in the "
@@ -177,6 +200,7 @@ def _train(
         )
 
     t0 = time.perf_counter()
+    window_t0 = t0  # start of the current logging window, validation time excluded
     # running sums over the logging window: loss·tasks, correct-task fraction, tasks
     window = torch.zeros(3, device=device)
     bar = tqdm(
@@ -221,6 +245,7 @@ def _train(
         if log_now:
             loss_sum, acc_sum, count = distributed.sum_over_processes(window, procs).tolist()
             window.zero_()
+            now = time.perf_counter()
             if main:
                 gates.write(episode)
                 mean_loss, mean_acc = loss_sum / count, 100.0 * acc_sum / count
@@ -231,14 +256,19 @@ def _train(
                     split="train",
                     loss=mean_loss,
                     accuracy=mean_acc,
-                    elapsed_s=time.perf_counter() - t0,
+                    lr=float(optimizer.param_groups[0]["lr"]),
+                    episodes_per_s=count / (now - window_t0),
+                    elapsed_s=now - t0,
                 )
+            window_t0 = now
         if main and (_crossed(first, episode, config.val_freq) or episode >= config.episode):
+            val_t0 = time.perf_counter()
             val = evaluate(model, val_sampler, config, config.episode_val, device, "val")
             log.info("episode %d  val acc %s", episode, val.summary())
             metrics.append(
                 episode=episode,
                 split="val",
+                loss=val.loss,
                 accuracy=val.accuracy,
                 ci95=val.ci95,
                 elapsed_s=time.perf_counter() - t0,
@@ -247,9 +277,11 @@ def _train(
                 best_acc, best_episode = val.accuracy, episode
                 save(ckpt_dir / "best.pt", episode)
             save(ckpt_dir / "last.pt", episode)
+            window_t0 += time.perf_counter() - val_t0
     bar.close()
     if not main:
         return None
+    metrics.close()
     train_seconds = time.perf_counter() - t0
 
     result = test_checkpoint(str(ckpt_dir / "best.pt"), config, device)
@@ -259,4 +291,5 @@ def _train(
     )
     log.info("best val accuracy %.2f%% at episode %d", best_acc, best_episode)
     plot_run(run_dir, device)
+    write_report(run_dir)
     return TrainResult(run_dir, best_acc, best_episode, result, train_seconds)

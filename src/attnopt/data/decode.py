@@ -55,14 +55,19 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
     return img.convert(mode)
 
 
+def image_to_array(img: Image.Image, image_size: int, mode: str = "RGB") -> np.ndarray:
+    """A Pillow image converted to ``mode`` ("RGB" or "L") and resized, as every image file is:
+    uint8 (image_size, image_size, channels)."""
+    return resize(_to_mode(img, mode), image_size).reshape(image_size, image_size, -1)
+
+
 def decode_image(path: Path, image_size: int, mode: str = "RGB") -> np.ndarray:
     """One image file as uint8 (image_size, image_size, channels); UserError if unreadable."""
     try:
         with Image.open(path) as img:
-            array = resize(_to_mode(img, mode), image_size)
+            return image_to_array(img, image_size, mode)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot read image {path}: {e}; fix or remove the file") from None
-    return array.reshape(image_size, image_size, -1)
 
 
 def _progress_map(
