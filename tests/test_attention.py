@@ -268,3 +268,38 @@ def test_every_variant_trains_on_1_shot_and_5_shot(attention: str) -> None:
 
 def test_config_records_the_variant() -> None:
     assert dataclasses.asdict(Config())["attention"] == "both"
+
+
+def test_attention_meta_parameters_take_a_scaled_learning_rate() -> None:
+    model = make("both")
+    plain, attention = model.param_groups(lr=1e-3, attn_lr_scale=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert attention["lr"] == pytest.approx(1e-4) and plain["lr"] == 1e-3
+    assert sorted(names[id(p)] for p in attention["params"]) == [
+        "learner.attn_scale",
+        "metalearner.attn_key.weight",
+        "metalearner.attn_out.weight",
+        "metalearner.attn_query.weight",
+        "metalearner.attn_value.weight",
+        "metalearner.tensor_embedding",
+    ]
+    assert len(plain["params"]) + len(attention["params"]) == len(list(model.parameters()))
+    assert len(make("none").param_groups(1e-3, 0.1)) == 1
+
+
+@pytest.mark.parametrize("block", (1, 2, 4))
+def test_cross_attention_after_any_block_starts_as_the_plain_model(block: int, episode) -> None:
+    support_x, support_y, query_x = episode
+    plain, other = make("none"), make("learner", seed=5, attn_block=block)
+    copy_plain_into(plain, other)
+    p = plain.metalearner.num_params
+    for a, b in zip(
+        trajectory(plain, support_x, support_y),
+        trajectory(other, support_x, support_y),
+        strict=True,
+    ):
+        assert torch.equal(a, b[:p])
+    weights = other.learner.cross_attention_weights(
+        other.metalearner.c_init, torch.cat((support_x, query_x)), 10
+    )
+    torch.testing.assert_close(weights.sum((-1, -2)), torch.ones(weights.shape[:2]))

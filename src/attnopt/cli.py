@@ -65,6 +65,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--attn-chunk", type=int, help="coordinates per meta-learner attention token (64)"
     )
+    g.add_argument(
+        "--attn-block", type=int, help="conv block (1-4) followed by the cross-attention (3)"
+    )
+    g.add_argument(
+        "--attn-lr-scale",
+        type=float,
+        help="learning rate of the attention meta-parameters relative to --lr (0.1)",
+    )
     g.add_argument("--image-size", type=int, help="image side in pixels (28 glyphs, 84 photos)")
     g.add_argument(
         "--bn",

@@ -20,7 +20,15 @@ AMP_MODES = ("none", "bf16")
 
 # Settings that fix the shapes of the learned parameters: a checkpoint only loads into a
 # run that agrees on all of them.
-ARCHITECTURE_FIELDS = ("n_class", "image_size", "hidden_size", "input_size", "attention")
+ARCHITECTURE_FIELDS = (
+    "n_class",
+    "image_size",
+    "hidden_size",
+    "input_size",
+    "attention",
+    "attn_chunk",
+    "attn_block",
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class Config:
     hidden_size: int = 20
     attention: str = "both"
     attn_chunk: int = 64
+    attn_block: int = 3  # the cross-attention sits after this conv block (1-4)
+    attn_lr_scale: float = 0.1  # Adam step of the attention meta-parameters, relative to lr
     # learner
     image_size: int = 28
     bn: str = "support"
@@ -143,7 +153,9 @@ def validate(config: Config) -> None:
             raise UserError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}"
             )
-    for name in ("lr", "grad_clip", "bn_eps"):
+    if not 1 <= config.attn_block <= 4:
+        raise UserError(f"--attn-block must be 1, 2, 3 or 4, got {config.attn_block}")
+    for name in ("lr", "grad_clip", "bn_eps", "attn_lr_scale"):
         if not getattr(config, name) > 0:
             raise UserError(
                 f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}"

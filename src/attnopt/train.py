@@ -155,7 +155,7 @@ def _train(
     augment = make_augmentation(config.augment, channels, config.image_size)  # training only
     model = build_model(config, channels).to(device)
     learner, metalearner = model.learner, model.metalearner
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.param_groups(config.lr, config.attn_lr_scale))
 
     start, best_acc, best_episode = 0, -1.0, 0
     if config.resume:
@@ -163,7 +163,12 @@ def _train(
         check_compatible(ckpt, config, channels, config.resume)
         model.load_state_dict(ckpt["model"])
         if ckpt["optimizer"] is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except ValueError as e:  # e.g. a checkpoint of an older version's parameter groups
+                raise UserError(
+                    f"cannot resume the optimizer state of {config.resume}: {e}"
+                ) from None
         start, best_acc, best_episode = ckpt["episode"], ckpt["best_accuracy"], ckpt["best_episode"]
         torch.set_rng_state(ckpt["torch_rng"])
         log.info("resumed from %s at episode %d", config.resume, start)

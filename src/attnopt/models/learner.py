@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 N_BLOCKS = 4
-ATTENTION_AFTER_BLOCK = 2  # 0-based: after conv block 3
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,8 @@ class Conv4Learner(nn.Module):
         image_size: side of the square input images.
         width: filters per conv layer (32 in the paper).
         bn_eps: BatchNorm epsilon (``--bn-eps``).
-        cross_attention: add MLAL's support-set cross-attention after block 3.
+        cross_attention: add MLAL's support-set cross-attention after a conv block.
+        attn_block: the block (1-4) after which the cross-attention sits (3 in MLAL).
         amp_dtype: run the conv blocks (convolution, normalisation, ReLU, pooling) in this
             dtype (``--amp bf16``); θ, the cross-attention, the head and the loss stay fp32.
 
@@ -70,9 +70,12 @@ class Conv4Learner(nn.Module):
         bn_eps: float = 1e-3,
         cross_attention: bool = False,
         amp_dtype: torch.dtype | None = None,
+        attn_block: int = 3,
     ) -> None:
         super().__init__()
-        self.amp_dtype = amp_dtype
+        if not 1 <= attn_block <= N_BLOCKS:
+            raise ValueError(f"attn_block must be in 1..{N_BLOCKS}, got {attn_block}")
+        self.amp_dtype, self.attn_block = amp_dtype, attn_block
         self.in_channels, self.n_class, self.image_size = in_channels, n_class, image_size
         self.width, self.bn_eps, self.cross_attention = width, bn_eps, cross_attention
         side = feature_size(image_size)
@@ -146,7 +149,7 @@ class Conv4Learner(nn.Module):
         x = _to_grouped(x)
         for b in range(N_BLOCKS):
             x = self._block(p, b, x, n_support, bn)
-            if self.cross_attention and b == ATTENTION_AFTER_BLOCK:
+            if self.cross_attention and b == self.attn_block - 1:
                 x = self._cross_attend(p, x, n_support)
         tasks, n = theta.shape[0], x.shape[0]
         # (n, B·C, s, s) -> (B, n, C·s·s), flattened in (C, s, s) order as nn.Flatten does
@@ -230,14 +233,15 @@ class Conv4Learner(nn.Module):
     def cross_attention_weights(
         self, theta: torch.Tensor, x: torch.Tensor, n_support: int
     ) -> torch.Tensor:
-        """Attention of every image's positions over the support positions after block 3.
+        """Attention of every image's positions over the support positions (after block
+        ``attn_block``).
 
         theta (P,), x (n, C, H, W). Returns (n, HW, n_support, HW): for image i and position j,
         a distribution over the positions of the support images. For inspection and plots.
         """
         p = self.unflatten(theta[None])
         x = _to_grouped(x[None])
-        for b in range(ATTENTION_AFTER_BLOCK + 1):
+        for b in range(self.attn_block):
             x = self._block(p, b, x, n_support, "support")
         _, q, k, _ = self._attention_inputs(p, x, n_support)
         weights = torch.softmax(q[0] @ k[0].T / math.sqrt(self.width), dim=-1)
