@@ -185,3 +185,40 @@ def test_meta_batch_must_split_evenly_across_processes(monkeypatch, capsys, tmp_
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "--meta-batch", "3", "--save", str(tmp_path / "r"), "--cpu"]) == 2
     assert "--meta-batch 3 cannot be split across 2 processes" in capsys.readouterr().err
+
+
+def saved_tensor_bytes(output: torch.Tensor) -> int:
+    """Bytes of the distinct tensors that the autograd graph of ``output`` keeps."""
+    seen, total, stack, visited = set(), 0, [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        for name in dir(node):
+            if name.startswith("_saved_"):
+                value = getattr(node, name)
+                if isinstance(value, torch.Tensor) and value.data_ptr() not in seen:
+                    seen.add(value.data_ptr())
+                    total += value.numel() * value.element_size()
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return total
+
+
+def test_the_meta_graph_keeps_no_activations_of_the_inner_steps() -> None:
+    """The meta-gradient needs θ's trajectory, not the learner's activations of the inner
+    steps: the graph of θ_T keeps as much for 16x16 as for 31x31 images (same P: both end in
+    1x1 feature maps), although their activations differ almost 4-fold."""
+
+    def kept(size: int) -> int:
+        torch.manual_seed(0)
+        config = Config(image_size=size, n_class=5, hidden_size=8, attention="both")
+        model = build_model(config, in_channels=3)
+        support_x = torch.randn(2, 10, 3, size, size)
+        support_y = torch.arange(5).repeat(2).expand(2, -1)
+        theta = adapt_tasks(model.learner, model.metalearner, support_x, support_y, 3, 5)
+        return saved_tensor_bytes(theta)
+
+    small, large = kept(16), kept(31)
+    assert small > 0
+    assert large == small

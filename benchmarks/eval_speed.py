@@ -1,0 +1,69 @@
+"""Meta-testing speed: seconds for 600 test episodes (adaptation + query scoring, no grad).
+
+One line per (configuration, --eval-batch): device, shapes, tasks adapted together, seconds for
+--episodes episodes and episodes/s. Synthetic images in an in-memory ImageSet; never run by CI.
+
+    python benchmarks/eval_speed.py --config glyphs-5shot --eval-batch 1 --eval-batch 20
+    python benchmarks/eval_speed.py --device cuda --config mini-5shot --eval-batch 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from throughput import CONFIGS
+
+from attnopt.config import AMP_MODES, Config
+from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, EpisodeSampler
+from attnopt.data.imageset import ImageSet
+from attnopt.evaluate import evaluate
+from attnopt.models import build_model
+
+
+def measure(name: str, eval_batch: int, amp: str, device: torch.device, episodes: int) -> str:
+    channels, size, n, k, q, epochs, batch = CONFIGS[name]
+    rng = np.random.default_rng(0)
+    classes, per_class = 20, k + q
+    images = rng.integers(0, 256, (classes * per_class, size, size, channels), dtype=np.uint8)
+    labels = np.repeat(np.arange(classes), per_class)
+    imageset = ImageSet(images, labels, tuple(f"c{i}" for i in range(classes)), "synthetic")
+    sampler = EpisodeSampler(imageset, n, k, q, EVAL_SEED, TEST_STREAM)
+    config = Config(
+        n_class=n, n_shot=k, n_eval=q, image_size=size, epoch=epochs, batch_size=batch,
+        eval_batch=eval_batch, amp=amp, attention="none",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(config, channels).to(device)
+    evaluate(model, sampler, config, min(episodes, 2 * eval_batch), device)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    evaluate(model, sampler, config, episodes, device)  # ends with a host copy: synchronised
+    seconds = time.perf_counter() - start
+    return (
+        f"eval {name}: device={device.type} threads={torch.get_num_threads()} "
+        f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} steps={epochs}x{batch} "
+        f"eval_batch={eval_batch} {'fp32' if amp == 'none' else amp} episodes={episodes} "
+        f"seconds={seconds:.1f} episodes/s={episodes / seconds:.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), action="append")
+    parser.add_argument("--eval-batch", type=int, action="append")
+    parser.add_argument("--amp", choices=AMP_MODES, default="none")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--episodes", type=int, default=600)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    for name in args.config or ["glyphs-5shot"]:
+        for eval_batch in args.eval_batch or [20]:
+            print(measure(name, eval_batch, args.amp, device, args.episodes), flush=True)
+
+
+if __name__ == "__main__":
+    main()

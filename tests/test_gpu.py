@@ -1,0 +1,38 @@
+"""On a GPU: the same results as on the CPU (skipped where there is none, as in CI)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.config import Config
+from attnopt.models import build_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def meta_loss(model, device: torch.device, amp: str = "none") -> torch.Tensor:
+    model = model.to(device)
+    model.learner.amp_dtype = torch.bfloat16 if amp == "bf16" else None
+    g = torch.Generator().manual_seed(0)
+    support_x = torch.randn(4, 25, 3, 84, 84, generator=g).to(device)
+    query_x = torch.randn(4, 75, 3, 84, 84, generator=g).to(device)
+    support_y = torch.arange(5).repeat(5).expand(4, -1).to(device)
+    query_y = torch.arange(5).repeat(15).expand(4, -1).to(device)
+    theta = adapt_tasks(model.learner, model.metalearner, support_x, support_y, 8, 25)
+    logits = query_logits_tasks(model.learner, theta, support_x, query_x)
+    return F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
+
+
+@pytest.mark.parametrize("attention", ("none", "both"))
+def test_gpu_meta_loss_matches_the_cpu(attention: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(Config(image_size=84, attention=attention), 3)
+    cpu = meta_loss(model, torch.device("cpu"))
+    gpu = meta_loss(model, torch.device("cuda"))
+    # TF32 matmuls and cuDNN's algorithms: agreement to about 1e-3 relative
+    assert gpu.item() == pytest.approx(cpu.item(), rel=2e-3)
+    bf16 = meta_loss(model, torch.device("cuda"), "bf16")
+    assert bf16.item() == pytest.approx(cpu.item(), rel=2e-2)
+    bf16.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
