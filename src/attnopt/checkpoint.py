@@ -1,27 +1,89 @@
 """Checkpoints: save atomically, load safely, refuse incompatible configurations.
 
 A checkpoint is a dict of tensors and plain values, loaded with ``weights_only=True`` so a
-file from a stranger cannot run code; the configuration travels as a JSON string.
+file from a stranger cannot run code; the configuration travels as a JSON string. It also
+holds every random number generator's state (python, numpy, torch, CUDA), so that a resumed
+run continues exactly as the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
-import pickle
-import struct
-import zipfile
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from attnopt.config import ARCHITECTURE_FIELDS, Config
+from attnopt.config import ARCHITECTURE_FIELDS, Config, validate
 from attnopt.errors import UserError
-from attnopt.fileio import atomic_path
+from attnopt.fileio import atomic_write
 
 FORMAT = "attnopt-checkpoint"
 VERSION = 1
+_REQUIRED = {"config": str, "in_channels": int, "model": dict, "episode": int}
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global RNG's state as tensors and plain values (no pickled objects)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # ('MT19937', keys, pos, has_gauss, cached_gaussian)
+    states: dict[str, Any] = {
+        "python": json.dumps([version, list(internal), gauss]),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Set the global RNGs to ``states`` (from :func:`rng_states`); missing ones stay as
+    they are (checkpoints of older versions hold only the torch state)."""
+    if "python" in states:
+        version, internal, gauss = json.loads(states["python"])
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in states:
+        n = states["numpy"]
+        keys = n["keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        if len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _non_finite(tree: Any, name: str = "") -> str | None:
+    """The name of the first tensor or float in ``tree`` with a NaN or infinity, or None."""
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+            return name
+    elif isinstance(tree, float):
+        if not math.isfinite(tree):
+            return name
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            found = _non_finite(value, f"{name}.{key}" if name else str(key))
+            if found is not None:
+                return found
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            found = _non_finite(value, f"{name}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def save_checkpoint(
@@ -34,8 +96,22 @@ def save_checkpoint(
     episode: int,
     best_accuracy: float,
     best_episode: int,
+    train_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint atomically (temp file beside it, fsync, rename)."""
+    """Write a checkpoint atomically (temp file beside it, fsync, rename).
+
+    ``train_state`` holds whatever else the training loop needs to resume exactly (tensors
+    and plain values). UserError, and nothing written, when the model or the optimizer holds
+    a NaN or an infinity: a checkpoint is always a good one.
+    """
+    bad = _non_finite(
+        {"model": model, "optimizer": optimizer, "train_state": train_state, "best": best_accuracy}
+    )
+    if bad is not None:
+        raise UserError(
+            f"not saving {path}: {bad} is not finite at episode {episode} (training "
+            "diverged); the previous checkpoint is kept; lower --lr or --grad-clip"
+        )
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -47,9 +123,12 @@ def save_checkpoint(
         "best_accuracy": best_accuracy,
         "best_episode": best_episode,
         "torch_rng": torch.get_rng_state(),
+        "rng": rng_states(),
+        "train_state": train_state or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buf = io.BytesIO()  # serialise first: a failing write then is a plain OSError
+    torch.save(payload, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), "wb")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -59,15 +138,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        pickle.UnpicklingError,
-        struct.error,  # a short file read as a legacy (non-zip) pickle
-        zipfile.BadZipFile,
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-    ) as e:
+    except Exception as e:  # whatever fails while parsing a file means it is damaged
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
             f"checkpoint {path} cannot be loaded ({first_line}); it is damaged or "
@@ -80,7 +151,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {path} has format version {ckpt.get('version')}; this "
             f"attnopt reads version {VERSION}"
         )
-    ckpt["config"] = Config.from_dict(json.loads(ckpt["config"]))
+    for key, kind in _REQUIRED.items():
+        if not isinstance(ckpt.get(key), kind):
+            raise UserError(f"checkpoint {path} is damaged: its {key!r} is missing or invalid")
+    try:
+        config = Config.from_dict(json.loads(ckpt["config"]))
+        validate(config)
+    except (ValueError, TypeError, AttributeError, UserError) as e:
+        raise UserError(
+            f"checkpoint {path} is damaged: its configuration is invalid ({e})"
+        ) from None
+    ckpt["config"] = config
     return ckpt
 
 

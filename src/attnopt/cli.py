@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from PIL import Image
 
 from attnopt.checkpoint import load_checkpoint
 from attnopt.config import (
@@ -110,6 +113,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--episode-test", type=int, help="test episodes (600)")
     g.add_argument("--val-freq", type=int, help="validate every this many episodes")
     g.add_argument("--log-freq", type=int, help="log every this many episodes (50)")
+    g.add_argument(
+        "--max-bad-steps",
+        type=int,
+        help="stop after this many consecutive non-finite losses or meta-gradients; each "
+        "one's update is skipped (10)",
+    )
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=DATA_SETS, help="data set (glyphs: built in)")
     g.add_argument("--data-root", help="folder with train/, val/, test/")
@@ -133,6 +142,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", help="checkpoint to continue from (train) or to evaluate (test)")
     g.add_argument("--cpu", action="store_true", default=None, help="use the CPU even with a GPU")
     g.add_argument("--seed", type=int, help="random seed (0)")
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="GPU: use deterministic algorithms only (slower); the CPU always is",
+    )
 
 
 def _add_predict_flags(p: argparse.ArgumentParser) -> None:
@@ -233,6 +248,8 @@ def _plot(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attnopt`` command. Returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Oversized images are refused with an error line of their own (attnopt.data.decode).
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
         args = build_parser().parse_args(argv)
         commands = {

@@ -65,6 +65,7 @@ class Config:
     episode_test: int = 600
     val_freq: int = 200
     log_freq: int = 50
+    max_bad_steps: int = 10  # consecutive non-finite updates before training stops
     # data
     data: str = "glyphs"
     data_root: str | None = None
@@ -79,6 +80,7 @@ class Config:
     cpu: bool = False
     seed: int = 0
     tensorboard: bool = False  # also log scalars to <save>/tensorboard
+    deterministic: bool = False  # GPU: deterministic kernels only (the CPU always is)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +145,7 @@ def validate(config: Config) -> None:
         "episode_test",
         "val_freq",
         "log_freq",
+        "max_bad_steps",
         "n_workers",
         "attn_chunk",
         "meta_batch",

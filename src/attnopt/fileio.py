@@ -1,8 +1,15 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+Every file a run writes (checkpoints, CSV logs, JSON, figures) goes through
+:func:`atomic_path`: a temporary file in the same folder, fsync, rename, fsync of the folder.
+A process killed mid-write leaves at most a hidden ``.<name>.*.tmp`` file, which no reader
+opens and :func:`remove_stale_temps` clears on the next run.
+"""
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -12,32 +19,66 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from attnopt.errors import UserError
+
+TEMP_SUFFIX = ".tmp"
+
+
+def os_error_message(action: str, path: str | os.PathLike, error: OSError) -> str:
+    """``cannot write PATH: No space left on device; free some space ...`` for a UserError."""
+    reason = error.strerror or str(error) or type(error).__name__
+    hint = {
+        errno.ENOSPC: "free some disk space or choose another folder",
+        errno.EDQUOT: "free some disk space or choose another folder",
+        errno.EACCES: "check the folder's permissions or choose another folder",
+        errno.EPERM: "check the folder's permissions or choose another folder",
+        errno.EROFS: "choose a folder on a writable disk",
+    }.get(error.errno, "")
+    return f"cannot {action} {path}: {reason}" + (f"; {hint}" if hint else "")
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file, or on POSIX a folder (its entries: renames), to the disk."""
+    if Path(path).is_dir() and os.name != "posix":
+        return  # folders cannot be opened for fsync on Windows
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched; an
+    OSError (disk full, read-only folder, ...) becomes a UserError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_path(tmp_path)
         os.replace(tmp_path, path)
+        fsync_path(path.parent)
+    except OSError as e:
+        raise UserError(os_error_message("write", path, e)) from None
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def atomic_write(
     path: str | os.PathLike, write: Callable[[IO[Any]], None], mode: str = "w"
 ) -> None:
     """Write a file through ``write(file_object)`` atomically (``mode`` is "w" or "wb")."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
+    encoding = None if "b" in mode else "utf-8"
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as f:
         write(f)
 
 
@@ -51,7 +92,7 @@ def rows_until(path: Path, episode: int | None) -> list[dict[str, str]]:
     or the file does not exist."""
     if episode is None or not path.is_file():
         return []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return [r for r in csv.DictReader(f) if int(r["episode"]) <= episode]
 
 
@@ -62,3 +103,29 @@ def write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[dic
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def is_temp_file(path: Path) -> bool:
+    """True for a temporary file of :func:`atomic_path` (``.<name>.<random>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove temporary files that a killed writer left in ``folder``.
+
+    Call it only where no other process writes at the same time (a run's own folders).
+    """
+    for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """UserError unless a file can be created in ``folder`` (created if missing); ``what``
+    names it in the message, e.g. "the run folder (--save)"."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(os_error_message(f"write to {what}", folder, e)) from None

@@ -6,7 +6,6 @@ figure of Ravi & Larochelle 2017).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ class GateLog:
     """Appends one row per (inner step, layer) for each recorded episode.
 
     On resume (``keep_until`` = the checkpoint's episode) rows of later episodes are dropped.
+    The file is rewritten atomically on every write, so a killed run never leaves half a row.
     """
 
     def __init__(self, path: Path, learner: Conv4Learner, keep_until: int | None = None) -> None:
@@ -38,7 +38,8 @@ class GateLog:
         )
         self._counts = torch.bincount(self._layer_of_coordinate).float()
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        write_csv(path, FIELDS, rows_until(path, keep_until))
+        self.rows = rows_until(path, keep_until)
+        write_csv(path, FIELDS, self.rows)
 
     def _layer_means(self, gate: torch.Tensor) -> torch.Tensor:
         """(*tasks, P) gates -> (layers,) means over the layer's coordinates of every task."""
@@ -56,11 +57,12 @@ class GateLog:
 
     def write(self, episode: int) -> None:
         """Append the recorded steps as rows for ``episode`` (one host sync)."""
-        with open(self.path, "a", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            for step, input_gate, forget_gate in self._pending:
-                for layer, i, fg in zip(
-                    self.layers, input_gate.tolist(), forget_gate.tolist(), strict=True
-                ):
-                    writer.writerow([episode, step, layer, f"{i:.6g}", f"{fg:.6g}"])
+        for step, input_gate, forget_gate in self._pending:
+            for layer, i, fg in zip(
+                self.layers, input_gate.tolist(), forget_gate.tolist(), strict=True
+            ):
+                self.rows.append(
+                    dict(zip(FIELDS, (episode, step, layer, f"{i:.6g}", f"{fg:.6g}"), strict=True))
+                )
         self._pending.clear()
+        write_csv(self.path, FIELDS, self.rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import numpy as np
@@ -29,3 +30,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def use_deterministic_algorithms(device: torch.device) -> None:
+    """``--deterministic``: on CUDA, only deterministic kernels (cuBLAS with a fixed workspace,
+    no cuDNN autotuning); an operation without one raises instead of silently varying.
+
+    CPU kernels already give the same results for the same seed, so on the CPU it changes
+    nothing. Call it before the first CUDA operation: cuBLAS reads its setting once.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)

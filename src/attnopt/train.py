@@ -17,7 +17,12 @@ from tqdm import tqdm
 
 from attnopt import distributed
 from attnopt.adapt import adapt_tasks, query_logits_tasks
-from attnopt.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from attnopt.checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    restore_rng_states,
+    save_checkpoint,
+)
 from attnopt.config import Config
 from attnopt.data import load_split
 from attnopt.data.augment import make_augmentation
@@ -26,12 +31,20 @@ from attnopt.data.prefetch import prefetch
 from attnopt.distributed import Processes
 from attnopt.errors import UserError
 from attnopt.evaluate import EvalResult, evaluate, test_checkpoint
-from attnopt.fileio import rows_until, write_csv, write_json
+from attnopt.fileio import (
+    check_writable,
+    os_error_message,
+    remove_stale_temps,
+    rows_until,
+    write_csv,
+    write_json,
+)
 from attnopt.gatelog import GateLog
+from attnopt.guard import DivergenceGuard
 from attnopt.models import build_model
 from attnopt.plot import plot_run
 from attnopt.report import write_report
-from attnopt.runtime import seed_everything
+from attnopt.runtime import seed_everything, use_deterministic_algorithms
 from attnopt.tblog import TensorBoardLog, summary_writer
 
 log = logging.getLogger("attnopt")
@@ -93,7 +106,13 @@ def _fmt(value: object) -> str:
 
 
 def _attach_log_file(run_dir: Path) -> list[logging.Handler]:
-    handlers: list[logging.Handler] = [_TqdmHandler(), logging.FileHandler(run_dir / "train.log")]
+    try:  # odd bytes in a path named in a message must not break logging
+        file = logging.FileHandler(
+            run_dir / "train.log", encoding="utf-8", errors="backslashreplace"
+        )
+    except OSError as e:
+        raise UserError(os_error_message("write", run_dir / "train.log", e)) from None
+    handlers: list[logging.Handler] = [_TqdmHandler(), file]
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
     for h in handlers:
         h.setFormatter(fmt)
@@ -112,17 +131,18 @@ def train(config: Config) -> TrainResult | None:
     if config.tensorboard:
         summary_writer()  # a missing package is an error before anything starts
     procs, device = distributed.start(config.cpu, config.meta_batch)
+    if config.deterministic:
+        use_deterministic_algorithms(device)
     try:
         if not procs.is_main:
             _train(config, procs, device, None)
             return None
         run_dir = Path(config.save)
-        try:
-            (run_dir / "ckpts").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(
-                f"cannot create the run folder {run_dir} (--save): {e.strerror}"
-            ) from None
+        # Fail before any work when the run cannot be saved; clear what a killed run left.
+        check_writable(run_dir, "the run folder (--save)")
+        check_writable(run_dir / "ckpts", "the checkpoint folder")
+        remove_stale_temps(run_dir)
+        remove_stale_temps(run_dir / "ckpts")
         handlers = _attach_log_file(run_dir)
         try:
             return _train(config, procs, device, run_dir)
@@ -156,6 +176,13 @@ def _train(
     model = build_model(config, channels).to(device)
     learner, metalearner = model.learner, model.metalearner
     optimizer = torch.optim.Adam(model.param_groups(config.lr, config.attn_lr_scale))
+    last = Path(config.save) / "ckpts" / "last.pt"
+    guard = DivergenceGuard(
+        model.parameters(), optimizer, config.grad_clip, config.max_bad_steps, last, procs
+    )
+    # running sums over the logging window: loss·tasks, correct-task fraction, tasks (kept
+    # in checkpoints, so that a resumed run logs what the uninterrupted one would)
+    window = torch.zeros(3, device=device)
 
     start, best_acc, best_episode = 0, -1.0, 0
     if config.resume:
@@ -170,7 +197,11 @@ def _train(
                     f"cannot resume the optimizer state of {config.resume}: {e}"
                 ) from None
         start, best_acc, best_episode = ckpt["episode"], ckpt["best_accuracy"], ckpt["best_episode"]
-        torch.set_rng_state(ckpt["torch_rng"])
+        restore_rng_states(ckpt.get("rng") or {"torch": ckpt["torch_rng"]})
+        state = ckpt.get("train_state") or {}
+        guard.load_state_dict(state.get("guard", {}))
+        if "window" in state:
+            window.copy_(state["window"])
         log.info("resumed from %s at episode %d", config.resume, start)
     main = run_dir is not None
     if main:
@@ -202,12 +233,11 @@ def _train(
             episode=episode,
             best_accuracy=best_acc,
             best_episode=best_episode,
+            train_state={"window": window, "guard": guard.state_dict()},
         )
 
     t0 = time.perf_counter()
     window_t0 = t0  # start of the current logging window, validation time excluded
-    # running sums over the logging window: loss·tasks, correct-task fraction, tasks
-    window = torch.zeros(3, device=device)
     bar = tqdm(
         total=config.episode,
         initial=start,
@@ -240,12 +270,10 @@ def _train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(model.parameters(), procs)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-
-        tasks = ep.query_y.shape[0]
-        correct = (logits.detach().argmax(-1) == ep.query_y).float().mean(1).sum()
-        window += torch.stack((loss.detach() * tasks, correct, window.new_tensor(tasks)))
+        if guard.step(episode, loss):  # clips; skips a non-finite update
+            tasks = ep.query_y.shape[0]
+            correct = (logits.detach().argmax(-1) == ep.query_y).float().mean(1).sum()
+            window += torch.stack((loss.detach() * tasks, correct, window.new_tensor(tasks)))
         bar.update(config.meta_batch)
         if log_now:
             loss_sum, acc_sum, count = distributed.sum_over_processes(window, procs).tolist()
@@ -253,7 +281,9 @@ def _train(
             now = time.perf_counter()
             if main:
                 gates.write(episode)
-                mean_loss, mean_acc = loss_sum / count, 100.0 * acc_sum / count
+                nan = float("nan")  # every update of the window skipped
+                mean_loss = loss_sum / count if count else nan
+                mean_acc = 100.0 * acc_sum / count if count else nan
                 bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.1f}%")
                 log.info("episode %d  train loss %.4f  acc %.2f%%", episode, mean_loss, mean_acc)
                 metrics.append(
@@ -284,6 +314,8 @@ def _train(
             save(ckpt_dir / "last.pt", episode)
             window_t0 += time.perf_counter() - val_t0
     bar.close()
+    if guard.skipped:
+        log.warning("%d updates skipped: non-finite loss or meta-gradient", guard.skipped)
     if not main:
         return None
     metrics.close()

@@ -2,7 +2,8 @@
 
 An entry lives in its own folder named after a hash of its key (the source's content
 signature and the image size). The folder is assembled under a temporary name and renamed
-into place, so an interrupted build leaves nothing that a later run would read; temporary
+into place (after an fsync of every file), so an interrupted build leaves nothing that a
+later run would read; temporary
 folders that a killed process left behind are removed by the next build of the same entry.
 """
 
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from attnopt.data.imageset import ImageSet
+from attnopt.errors import UserError
+from attnopt.fileio import fsync_path, os_error_message
 
 log = logging.getLogger(__name__)
 
@@ -101,25 +104,34 @@ def cached_imageset(
     built = build()
     images, labels, class_names = built[:3]
     skipped = list(built[3]) if len(built) > 3 else []
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(entry)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    index = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "shape": list(images.shape),
+        "class_names": list(class_names),
+        "skipped": skipped,
+    }
+    tmp: Path | None = None
     try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(entry)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
         np.save(tmp / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
         np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64))
-        index = {
-            "format": CACHE_FORMAT,
-            "key": key,
-            "shape": list(images.shape),
-            "class_names": list(class_names),
-            "skipped": skipped,
-        }
-        (tmp / "index.json").write_text(json.dumps(index, indent=1))
+        (tmp / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+        for name in ("images.npy", "labels.npy", "index.json", "."):
+            fsync_path(tmp / name)
         if entry.exists():
             shutil.rmtree(entry)
         os.replace(tmp, entry)
+        fsync_path(entry.parent)
+    except OSError as e:
+        raise UserError(
+            os_error_message("write the image cache", entry, e) + " (see --cache-dir)"
+        ) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     loaded = _load(entry, source)
     assert loaded is not None, f"cache entry {entry} unreadable right after writing it"
     return loaded

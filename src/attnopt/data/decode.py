@@ -61,10 +61,22 @@ def image_to_array(img: Image.Image, image_size: int, mode: str = "RGB") -> np.n
     return resize(_to_mode(img, mode), image_size).reshape(image_size, image_size, -1)
 
 
+def _check_pixel_count(img: Image.Image, path: Path) -> None:
+    """UserError for an image that declares more pixels than Pillow's decompression-bomb
+    limit (Pillow itself only warns below twice the limit, and then decodes it all)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > limit:
+        raise UserError(
+            f"cannot read image {path}: it declares {img.width}x{img.height} pixels, more "
+            f"than {limit} (a decompression bomb?); fix or remove the file"
+        )
+
+
 def decode_image(path: Path, image_size: int, mode: str = "RGB") -> np.ndarray:
     """One image file as uint8 (image_size, image_size, channels); UserError if unreadable."""
     try:
         with Image.open(path) as img:
+            _check_pixel_count(img, path)
             return image_to_array(img, image_size, mode)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot read image {path}: {e}; fix or remove the file") from None
