@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -257,3 +258,13 @@ def make_support(root: Path, counts: dict[str, int], size: int = 16, seed: int =
         for i in range(count):
             write_image(root / name / f"{name}_{i}.png", rng, size=size)
     return root
+
+
+class RunsCode:
+    """Unpickling this calls os.mkdir(marker): what a malicious file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))

@@ -2,14 +2,20 @@
 half-written cache; ``--skip-bad-images`` leaves unreadable images out instead."""
 
 import io
-import os
 import pickle
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import error_line, make_photos, mini_flags, write_csv_layout, write_folder_layout
+from conftest import (
+    RunsCode,
+    error_line,
+    make_photos,
+    mini_flags,
+    write_csv_layout,
+    write_folder_layout,
+)
 from conftest import write_pickle_layout as write_pickles
 from PIL import Image
 
@@ -185,16 +191,6 @@ class TestPickleThroughTheCommandLine:
         assert_nothing_half_written(isolated_cache)
 
 
-class _RunsCode:
-    """Unpickling this calls os.mkdir(marker): what a malicious data file would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (str(self.marker),))
-
-
 class TestPicklesNeverRunCode:
     def test_a_forbidden_callable_is_refused_through_the_command_line(
         self, pickle_root: Path, tmp_path: Path, isolated_cache: Path, capsys
@@ -203,7 +199,7 @@ class TestPicklesNeverRunCode:
         marker = tmp_path / "pwned"
         with open(path, "rb") as f:
             cache = pickle.load(f)
-        cache["class_dict"]["ntrain000"] = _RunsCode(marker)
+        cache["class_dict"]["ntrain000"] = RunsCode(marker)
         dump(path, cache)
         assert run_train(pickle_root, tmp_path) == 2
         line = error_line(capsys)
