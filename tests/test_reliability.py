@@ -9,6 +9,7 @@ import errno
 import json
 import multiprocessing
 import os
+import pickle
 import random
 import signal
 import sys
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import error_line, make_folder_dataset, mini_flags
+from conftest import RunsCode, error_line, make_folder_dataset, mini_flags
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import attnopt.train
@@ -364,3 +367,107 @@ def test_a_checkpoint_with_non_finite_values_is_never_written(tmp_path: Path) ->
         save_checkpoint(path, model=model.state_dict(), episode=2, **kwargs)
     assert load_checkpoint(path)["episode"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# --- safe loading ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A real (untrained) checkpoint."""
+    config = resolve({"image_size": 16, "n_class": 2, "attention": "none"})
+    path = tmp_path_factory.mktemp("ckpt") / "real.pt"
+    save_checkpoint(
+        path,
+        config=config,
+        in_channels=3,
+        model=build_model(config, 3).state_dict(),
+        optimizer=None,
+        episode=1,
+        best_accuracy=50.0,
+        best_episode=1,
+    )
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("container", ["torch.save", "plain pickle"])
+@pytest.mark.parametrize("command", ["test", "train"])
+def test_a_checkpoint_that_would_run_code_is_refused(
+    tmp_path: Path, container: str, command: str, capsys
+) -> None:
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    payload = {"format": "attnopt-checkpoint", "version": 1, "model": RunsCode(marker)}
+    if container == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    extra = ["--data-root", str(tmp_path), "--data", "folder"] if command == "train" else []
+    assert main([command, "--resume", str(path), "--save", str(tmp_path / "run"), *extra]) == 2
+    line = error_line(capsys)
+    assert str(path) in line and "damaged or not an attnopt checkpoint" in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.9, 0.999])
+def test_a_truncated_checkpoint_is_a_user_error(
+    tmp_path: Path, checkpoint_bytes: bytes, keep: float, capsys
+) -> None:
+    path = tmp_path / "cut.pt"
+    path.write_bytes(checkpoint_bytes[: int(len(checkpoint_bytes) * keep)])
+    assert main(["test", "--resume", str(path)]) == 2
+    assert str(path) in error_line(capsys)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_damage_to_a_checkpoint_is_a_user_error_or_harmless(
+    checkpoint_bytes: bytes, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """Random bytes, and a real checkpoint with random bytes overwritten: loading either
+    works or raises UserError, never anything else."""
+    blob = data.draw(
+        st.one_of(
+            st.binary(max_size=2000),
+            st.lists(
+                st.tuples(st.integers(0, len(checkpoint_bytes) - 1), st.binary(min_size=1)),
+                min_size=1,
+                max_size=4,
+            ).map(lambda edits: _overwrite(checkpoint_bytes, edits)),
+        )
+    )
+    path = tmp_path_factory.mktemp("fuzz") / "x.pt"
+    path.write_bytes(blob)
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError as e:
+        assert str(path) in str(e)
+    else:
+        assert isinstance(ckpt["config"], Config)
+
+
+def _overwrite(blob: bytes, edits: list[tuple[int, bytes]]) -> bytes:
+    out = bytearray(blob)
+    for at, new in edits:
+        out[at : at + len(new)] = new
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("change", "culprit"),
+    [
+        ({"model": None}, "'model'"),
+        ({"config": "{not json"}, "configuration"),
+        ({"config": json.dumps({"n_class": "five"})}, "configuration"),
+        ({"config": json.dumps({"n_class": 0})}, "--n-class"),
+        ({"episode": "3"}, "'episode'"),
+    ],
+)
+def test_a_checkpoint_with_a_broken_structure_is_a_user_error(
+    tmp_path: Path, checkpoint_bytes: bytes, change: dict, culprit: str
+) -> None:
+    path = tmp_path / "odd.pt"
+    path.write_bytes(checkpoint_bytes)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, **change}, path)
+    with pytest.raises(UserError, match=f"checkpoint {path} is damaged.*{culprit}"):
+        load_checkpoint(path)

@@ -164,6 +164,7 @@ def _train(
 ) -> TrainResult | None:
     """The meta-training loop; ``run_dir`` is None on processes other than rank 0."""
     seed_everything(config.seed)
+    ckpt = load_checkpoint(config.resume) if config.resume else None  # before decoding data
     train_set, val_set = load_split(config, "train"), load_split(config, "val")
     train_sampler = EpisodeSampler(
         train_set, config.n_class, config.n_shot, config.n_eval, config.seed
@@ -185,8 +186,7 @@ def _train(
     window = torch.zeros(3, device=device)
 
     start, best_acc, best_episode = 0, -1.0, 0
-    if config.resume:
-        ckpt = load_checkpoint(config.resume)
+    if ckpt is not None:
         check_compatible(ckpt, config, channels, config.resume)
         model.load_state_dict(ckpt["model"])
         if ckpt["optimizer"] is not None:
