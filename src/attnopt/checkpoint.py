@@ -111,7 +111,7 @@ def save_checkpoint(
     if bad is not None:
         raise UserError(
             f"not saving {path}: {bad} is not finite at episode {episode} (training "
-            "diverged); the previous checkpoint is kept; lower --lr or --grad-clip"
+            f"diverged); {path} is left as it was; lower --lr or --grad-clip"
         )
     payload = {
         "format": FORMAT,

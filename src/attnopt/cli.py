@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from attnopt.errors import UserError
 from attnopt.evaluate import test_checkpoint
 from attnopt.fileio import write_json
 from attnopt.predict import FORMATS
-from attnopt.runtime import select_device
+from attnopt.runtime import printable, select_device
 
 log = logging.getLogger("attnopt")
 
@@ -245,6 +246,17 @@ def _plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def one_line(message: str) -> str:
+    """``message`` with control characters and line breaks (from file names, say) escaped,
+    so that an error is always exactly one line."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        else ch
+        for ch in message
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attnopt`` command. Returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -261,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         commands[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(printable(f"error: {one_line(str(e))}", sys.stderr), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with --resume <save>/ckpts/last.pt", file=sys.stderr)

@@ -7,6 +7,7 @@ in the run folder before training starts and travels inside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,11 +159,12 @@ def validate(config: Config) -> None:
             )
     if not 1 <= config.attn_block <= 4:
         raise UserError(f"--attn-block must be 1, 2, 3 or 4, got {config.attn_block}")
-    for name in ("lr", "grad_clip", "bn_eps", "attn_lr_scale"):
-        if not getattr(config, name) > 0:
-            raise UserError(
-                f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}"
-            )
+    for name in ("lr", "grad_clip", "bn_eps", "attn_lr_scale"):  # --grad-clip inf: no clipping
+        value = getattr(config, name)
+        if not value > 0 or (name != "grad_clip" and math.isinf(value)):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    if not 0 <= config.seed < 2**32:
+        raise UserError(f"--seed must be between 0 and {2**32 - 1}, got {config.seed}")
     if config.n_class < 2:
         raise UserError(f"--n-class must be at least 2, got {config.n_class}")
     if config.input_size != 4:

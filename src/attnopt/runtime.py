@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -45,3 +46,10 @@ def use_deterministic_algorithms(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True)
+
+
+def printable(text: str, stream: TextIO) -> str:
+    """``text`` as ``stream`` can encode it: file names that are not valid UTF-8 (or not in
+    the terminal's encoding) come out as backslash escapes instead of an exception."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)

@@ -7,6 +7,7 @@ ckpts/best.pt (best validation accuracy) and, at the end, test.json for the best
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from attnopt.guard import DivergenceGuard
 from attnopt.models import build_model
 from attnopt.plot import plot_run
 from attnopt.report import write_report
-from attnopt.runtime import seed_everything, use_deterministic_algorithms
+from attnopt.runtime import printable, seed_everything, use_deterministic_algorithms
 from attnopt.tblog import TensorBoardLog, summary_writer
 
 log = logging.getLogger("attnopt")
@@ -78,7 +79,10 @@ class _TqdmHandler(logging.Handler):
     """Log lines printed above the progress bar instead of through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record))
+        try:
+            tqdm.write(printable(self.format(record), sys.stdout))
+        except Exception:
+            self.handleError(record)
 
 
 class _Metrics:
