@@ -154,6 +154,12 @@ def train(config: Config) -> TrainResult | None:
             for h in handlers:
                 log.removeHandler(h)
                 h.close()
+    except RuntimeError as e:
+        if config.deterministic and "deterministic" in str(e):
+            raise UserError(
+                f"--deterministic: {str(e).strip().splitlines()[0]}; run without --deterministic"
+            ) from None
+        raise
     finally:
         distributed.stop()
 
