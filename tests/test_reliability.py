@@ -261,14 +261,14 @@ def test_read_only_file_system_fails_before_any_work(
 def inject_nan(monkeypatch: pytest.MonkeyPatch, bad_episodes: set[int]) -> None:
     """Make the query logits of these training episodes (1-based) NaN."""
     calls = {"episode": 0}
-    real = attnopt.train.query_logits
+    real = attnopt.train.query_logits_tasks
 
     def query_logits(*args, **kwargs):
-        calls["episode"] += 1
+        calls["episode"] += 1  # one meta-update per episode (--meta-batch 1)
         logits = real(*args, **kwargs)
         return logits * float("nan") if calls["episode"] in bad_episodes else logits
 
-    monkeypatch.setattr(attnopt.train, "query_logits", query_logits)
+    monkeypatch.setattr(attnopt.train, "query_logits_tasks", query_logits)
 
 
 def record_checkpoints(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict]:

@@ -324,11 +324,11 @@ def _train(
             save(ckpt_dir / "last.pt", episode)
             window_t0 += time.perf_counter() - val_t0
     bar.close()
-    if guard.skipped:
-        log.warning("%d updates skipped: non-finite loss or meta-gradient", guard.skipped)
     if not main:
         return None
     metrics.close()
+    if guard.skipped:
+        log.warning("%d updates skipped: non-finite loss or meta-gradient", guard.skipped)
     train_seconds = time.perf_counter() - t0
 
     result = test_checkpoint(str(ckpt_dir / "best.pt"), config, device)
