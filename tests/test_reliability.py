@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import errno
+import importlib
 import json
 import multiprocessing
 import os
@@ -23,7 +24,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import attnopt.train
 from attnopt import fileio
 from attnopt.checkpoint import load_checkpoint, save_checkpoint
 from attnopt.cli import main
@@ -36,6 +36,8 @@ from attnopt.models import build_model
 from attnopt.train import METRIC_FIELDS
 
 KILLS = int(os.environ.get("ATTNOPT_KILLS", "8"))  # SIGKILLs at random moments of one run
+
+TRAIN = importlib.import_module("attnopt.train")  # the module; `attnopt.train` is the function
 
 
 def tiny_data(root: Path) -> Path:
@@ -261,20 +263,20 @@ def test_read_only_file_system_fails_before_any_work(
 def inject_nan(monkeypatch: pytest.MonkeyPatch, bad_episodes: set[int]) -> None:
     """Make the query logits of these training episodes (1-based) NaN."""
     calls = {"episode": 0}
-    real = attnopt.train.query_logits_tasks
+    real = TRAIN.query_logits_tasks
 
     def query_logits(*args, **kwargs):
         calls["episode"] += 1  # one meta-update per episode (--meta-batch 1)
         logits = real(*args, **kwargs)
         return logits * float("nan") if calls["episode"] in bad_episodes else logits
 
-    monkeypatch.setattr(attnopt.train, "query_logits_tasks", query_logits)
+    monkeypatch.setattr(TRAIN, "query_logits_tasks", query_logits)
 
 
 def record_checkpoints(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict]:
     """episode -> (model, optimizer) state of every last.pt the run saves."""
     saved: dict[int, dict] = {}
-    real = attnopt.train.save_checkpoint
+    real = TRAIN.save_checkpoint
 
     def save(path, **kwargs):
         real(path, **kwargs)
@@ -283,7 +285,7 @@ def record_checkpoints(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict]:
                 {"model": kwargs["model"], "optimizer": kwargs["optimizer"]}
             )
 
-    monkeypatch.setattr(attnopt.train, "save_checkpoint", save)
+    monkeypatch.setattr(TRAIN, "save_checkpoint", save)
     return saved
 
 
