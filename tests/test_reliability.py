@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RunsCode, error_line, make_folder_dataset, mini_flags
+from conftest import RunsCode, error_line, make_checkpoint, make_folder_dataset, mini_flags
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -378,19 +378,7 @@ def test_a_checkpoint_with_non_finite_values_is_never_written(tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A real (untrained) checkpoint."""
-    config = resolve({"image_size": 16, "n_class": 2, "attention": "none"})
-    path = tmp_path_factory.mktemp("ckpt") / "real.pt"
-    save_checkpoint(
-        path,
-        config=config,
-        in_channels=3,
-        model=build_model(config, 3).state_dict(),
-        optimizer=None,
-        episode=1,
-        best_accuracy=50.0,
-        best_episode=1,
-    )
-    return path.read_bytes()
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "real.pt").read_bytes()
 
 
 @pytest.mark.parametrize("container", ["torch.save", "plain pickle"])
