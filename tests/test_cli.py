@@ -87,15 +87,6 @@ def test_resume_continues_from_the_checkpoint(
     assert episodes == [2, 3, 4, 6, 6, 8, 8]
 
 
-def test_same_seed_same_result(folder_dataset: Path, tmp_path: Path, capsys) -> None:
-    outs = []
-    for name in ("a", "b"):
-        assert main(["train", *tiny_flags(folder_dataset, tmp_path / name)]) == 0
-        outs.append(torch.load(tmp_path / name / "ckpts" / "last.pt", weights_only=True))
-    for key, value in outs[0]["model"].items():
-        assert torch.equal(value, outs[1]["model"][key]), key
-
-
 def test_resume_into_another_architecture_is_refused(
     trained_run: Path, folder_dataset: Path, capsys
 ) -> None:
