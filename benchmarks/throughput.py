@@ -47,10 +47,13 @@ def measure(
     device: torch.device,
     updates: int,
     repeats: int,
+    attn_block: int = 3,
 ) -> str:
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
     torch.manual_seed(0)
-    config = Config(n_class=n, n_shot=k, image_size=size, attention=attention, amp=amp)
+    config = Config(
+        n_class=n, n_shot=k, image_size=size, attention=attention, amp=amp, attn_block=attn_block
+    )
     model = build_model(config, channels).to(device)
     learner, metalearner = model.learner, model.metalearner
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -85,7 +88,8 @@ def measure(
         rates.append(updates * tasks / (time.perf_counter() - start))
     return (
         f"{name}: device={device.type} threads={torch.get_num_threads()} "
-        f"attention={attention} shape={n}-way {k}-shot {q}q {channels}x{size}x{size} "
+        f"attention={attention} attn_block={attn_block} "
+        f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} "
         f"steps={epochs}x{batch} B={tasks} "
         f"{'fp32' if amp == 'none' else amp} episodes/s={statistics.median(rates):.2f} "
         f"(runs: {', '.join(f'{r:.2f}' for r in rates)}) "
@@ -99,6 +103,7 @@ def main() -> None:
     parser.add_argument("--attention", choices=ATTENTION_MODES, action="append")
     parser.add_argument("--meta-batch", type=int, action="append", help="tasks per update (1)")
     parser.add_argument("--amp", choices=AMP_MODES, action="append")
+    parser.add_argument("--attn-block", type=int, default=3, help="cross-attention placement")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=5, help="meta-updates per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
@@ -112,7 +117,16 @@ def main() -> None:
                 for amp in args.amp or ["none"]:
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
-                    line = measure(name, attention, tasks, amp, device, args.updates, args.repeats)
+                    line = measure(
+                        name,
+                        attention,
+                        tasks,
+                        amp,
+                        device,
+                        args.updates,
+                        args.repeats,
+                        args.attn_block,
+                    )
                     print(line, flush=True)
 
 
