@@ -75,7 +75,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--attn-lr-scale",
         type=float,
-        help="learning rate of the attention meta-parameters relative to --lr (0.1)",
+        help="learning rate of the attention meta-parameters relative to --lr (1)",
     )
     g.add_argument("--image-size", type=int, help="image side in pixels (28 glyphs, 84 photos)")
     g.add_argument(

@@ -49,7 +49,7 @@ class Config:
     attention: str = "both"
     attn_chunk: int = 64
     attn_block: int = 3  # the cross-attention sits after this conv block (1-4)
-    attn_lr_scale: float = 0.1  # Adam step of the attention meta-parameters, relative to lr
+    attn_lr_scale: float = 1.0  # learning rate of the attention meta-parameters / lr
     # learner
     image_size: int = 28
     bn: str = "support"

@@ -23,11 +23,8 @@ class FewShotModel(nn.Module):
 
     def param_groups(self, lr: float, attn_lr_scale: float) -> list[dict]:
         """Adam parameter groups: the attention meta-parameters (γ, the meta-learner's
-        projections and tensor embeddings) take ``attn_lr_scale`` times the learning rate.
-
-        They start where the model is exactly the plain one; Adam moves every parameter by
-        about lr per step whatever its gradient, which at the full rate turned the attention
-        on faster than it helped (issue 4's ablation).
+        projections and tensor embeddings) take ``attn_lr_scale`` times the learning rate
+        (``--attn-lr-scale``; 1 by default, one learning rate for everything as in the paper).
         """
         attention, rest = [], []
         for name, p in self.named_parameters():
