@@ -36,3 +36,19 @@ def test_gpu_meta_loss_matches_the_cpu(attention: str) -> None:
     assert bf16.item() == pytest.approx(cpu.item(), rel=2e-2)
     bf16.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_deterministic_gpu_runs_are_identical(folder_dataset, tmp_path, capsys) -> None:
+    from attnopt.cli import main
+
+    flags = (
+        f"train --data folder --data-root {folder_dataset} --image-size 16 --n-class 3 "
+        "--n-shot 2 --n-eval 2 --epoch 1 --episode 4 --meta-batch 2 --val-freq 4 "
+        "--episode-val 2 --episode-test 2 --seed 3 --deterministic --amp bf16"
+    ).split()
+    states = []
+    for name in ("a", "b"):
+        assert main([*flags, "--save", str(tmp_path / name)]) == 0
+        states.append(torch.load(tmp_path / name / "ckpts" / "last.pt", weights_only=True))
+    for key, value in states[0]["model"].items():
+        assert torch.equal(value, states[1]["model"][key]), key
