@@ -103,7 +103,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "split across the processes",
     )
     g.add_argument(
-        "--eval-batch", type=int, help="tasks adapted together in validation and test (20)"
+        "--eval-batch",
+        type=int,
+        help="tasks adapted together in validation and test (20 on GPUs, 1 on CPUs)",
     )
     g.add_argument(
         "--amp",

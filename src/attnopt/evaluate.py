@@ -58,9 +58,10 @@ def evaluate(
 ) -> EvalResult:
     """Adapt to ``episodes`` episodes of ``sampler`` and score the query sets.
 
-    ``config.eval_batch`` episodes are adapted together; the result does not depend on it
-    (tasks never interact), only the speed does.
+    ``config.eval_batch`` episodes (by default 20 on a GPU, 1 on the CPU) are adapted
+    together; the result does not depend on it (tasks never interact), only the speed does.
     """
+    per_batch = config.eval_batch or (20 if device.type == "cuda" else 1)
     accuracies, losses = [], []
     was_training = model.training
     model.eval()
@@ -70,8 +71,8 @@ def evaluate(
             total=episodes, desc=desc, unit="ep", leave=False, mininterval=0.5, disable=None
         ) as bar,
     ):
-        for start in range(0, episodes, config.eval_batch):
-            indices = range(start, min(start + config.eval_batch, episodes))
+        for start in range(0, episodes, per_batch):
+            indices = range(start, min(start + per_batch, episodes))
             ep = sampler.episodes(indices, device)
             theta = adapt_tasks(
                 model.learner,
