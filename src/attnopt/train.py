@@ -261,7 +261,9 @@ def _train(
     def meta_batch(first: int) -> Episode:
         return train_sampler.episodes(procs.share(first, config.meta_batch), device, augment)
 
-    batches = prefetch(meta_batch, firsts)
+    # On a GPU the next episodes are assembled while the current meta-update runs; on the CPU
+    # a second thread only competes with torch's own threads (measured 38% slower).
+    batches = prefetch(meta_batch, firsts) if device.type == "cuda" else map(meta_batch, firsts)
     for first, ep in zip(firsts, batches, strict=True):
         episode = first + config.meta_batch  # tasks seen after this meta-update
         log_now = _crossed(first, episode, config.log_freq) or episode >= config.episode
