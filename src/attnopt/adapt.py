@@ -115,5 +115,4 @@ def query_logits(
     bn: str = "support",
 ) -> torch.Tensor:
     """:func:`query_logits_tasks` for one task: θ (P,), query_x (M, C, H, W) -> logits (M, N)."""
-    n = support_x.shape[0]
-    return learner(theta, torch.cat((support_x, query_x)), n_support=n, bn=bn)[n:]
+    return query_logits_tasks(learner, theta[None], support_x[None], query_x[None], bn)[0]

@@ -50,15 +50,11 @@ def start(force_cpu: bool, meta_batch: int) -> tuple[Processes, torch.device]:
             f"--meta-batch {meta_batch} cannot be split across {world} processes; "
             f"use a multiple of {world}"
         )
-    if not force_cpu and torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = select_device(force_cpu, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # as select_device does
-        backend = "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Processes(dist.get_rank(), dist.get_world_size()), device
 
 

@@ -13,15 +13,16 @@ import torch
 log = logging.getLogger("attnopt")
 
 
-def select_device(force_cpu: bool) -> torch.device:
-    """``--cpu`` forces the CPU; otherwise CUDA when available, else the CPU with a notice."""
+def select_device(force_cpu: bool, index: int | None = None) -> torch.device:
+    """``--cpu`` forces the CPU; otherwise CUDA (GPU ``index``, e.g. torchrun's local rank)
+    when available, else the CPU with a notice."""
     if force_cpu:
         return torch.device("cpu")
     if torch.cuda.is_available():
         # TF32 tensor cores for the meta-learner's matmuls (cuDNN convolutions use them by
         # default): θ's update itself is elementwise and stays in full fp32.
         torch.backends.cuda.matmul.allow_tf32 = True
-        return torch.device("cuda")
+        return torch.device("cuda", index)
     log.info("CUDA is not available; running on the CPU")
     return torch.device("cpu")
 

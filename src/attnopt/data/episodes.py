@@ -132,7 +132,8 @@ class EpisodeSampler:
     ) -> Episode:
         """Episode ``index`` as normalised tensors on ``device``: support_x (N*K, C, H, W) etc."""
         tasks = self.episodes([index], device, augment)
-        return Episode(*(t[0] for t in dataclasses.astuple(tasks)))
+        # the first (only) task of each field; dataclasses.astuple would deep-copy the tensors
+        return Episode(**{f.name: getattr(tasks, f.name)[0] for f in dataclasses.fields(tasks)})
 
     def episodes(
         self,
