@@ -124,6 +124,24 @@ def test_chunk_tokens_are_chunk_means_and_broadcast_back() -> None:
     back = meta._broadcast(expected)
     for g, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
         assert torch.equal(back[a:b], expected[g].expand(b - a, 3))
+    assert torch.equal(meta._chunk_embeddings(), meta.tensor_embedding[meta.tensor_of_chunk])
+
+
+def test_meta_step_backward_has_no_scatter() -> None:
+    """No op of the step's backward is a scatter-add (the backward of an index): torch.compile
+    runs those with parallel atomic adds, which sum in a different order from run to run."""
+    meta = AttentionMetaLearner(torch.zeros(265), [5, 64, 65, 1, 130], hidden_size=3, chunk=64)
+    theta, _ = meta.step(torch.randn(2, 265), torch.rand(2), meta.c_init.repeat(2, 1),
+                         meta.initial_state((2,)))  # fmt: skip
+    seen, todo = set(), [theta.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [next_fn for next_fn, _ in node.next_functions]
+    names = {node.name() for node in seen}
+    assert "SliceBackward0" in names  # the walk reached the chunk tokens
+    assert not [n for n in names if "Index" in n or "Scatter" in n or "Gather" in n], names
 
 
 def meta_update(model: FewShotModel, optimizer, episode) -> dict[str, torch.Tensor]:

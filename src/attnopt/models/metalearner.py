@@ -204,6 +204,16 @@ class AttentionMetaLearner(MetaLearner):
                 start += rest
         return torch.cat(parts, dim=-2)
 
+    def _chunk_embeddings(self) -> torch.Tensor:
+        """(G, H): every chunk's tensor embedding, ``tensor_embedding[tensor_of_chunk]`` made of
+        expands. An index's backward is a scatter-add, which torch.compile runs with atomic
+        adds in parallel: summed in a different order from run to run."""
+        rows = [
+            self.tensor_embedding[t : t + 1].expand(full + (rest > 0), -1)
+            for t, (full, rest) in enumerate(self.layout)
+        ]
+        return torch.cat(rows)
+
     def _broadcast(self, per_chunk: torch.Tensor) -> torch.Tensor:
         """(..., G, H) -> (..., P, H): every coordinate gets its chunk's row, with expands only
         (indexing would make the backward a slow scatter-add)."""
@@ -223,7 +233,7 @@ class AttentionMetaLearner(MetaLearner):
     def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """h̃_t = h_t + W_O · ctx_g for every coordinate of chunk g."""
         # token_g = mean of h_t over chunk g + embedding of its tensor
-        tokens = self._chunk_means(h) + self.tensor_embedding[self.tensor_of_chunk]
+        tokens = self._chunk_means(h) + self._chunk_embeddings()
         q, k, v = self.attn_query(tokens), self.attn_key(tokens), self.attn_value(tokens)
         # ctx = softmax(Q Kᵀ / √d) V over the G tokens
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
