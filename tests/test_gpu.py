@@ -1,10 +1,13 @@
 """On a GPU: the same results as on the CPU (skipped where there is none, as in CI)."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.compilation import compile_model
 from attnopt.config import Config
 from attnopt.models import build_model
 
@@ -36,6 +39,21 @@ def test_gpu_meta_loss_matches_the_cpu(attention: str) -> None:
     assert bf16.item() == pytest.approx(cpu.item(), rel=2e-2)
     bf16.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("attention", ("none", "both"))
+def test_compiled_gpu_meta_loss_matches_eager(attention: str) -> None:
+    """--compile on a GPU (Triton kernels): the eager meta-loss, and finite meta-gradients."""
+    torch.manual_seed(0)
+    model = build_model(Config(image_size=84, attention=attention), 3)
+    device = torch.device("cuda")
+    eager = meta_loss(copy.deepcopy(model), device)
+    compiled_model = compile_model(copy.deepcopy(model))
+    for amp in ("none", "bf16"):
+        compiled = meta_loss(compiled_model, device, amp)
+        assert compiled.item() == pytest.approx(eager.item(), rel=2e-3 if amp == "none" else 2e-2)
+    compiled.backward()
+    assert all(torch.isfinite(p.grad).all() for p in compiled_model.parameters())
 
 
 def test_deterministic_gpu_runs_are_identical(folder_dataset, tmp_path, capsys) -> None:

@@ -10,32 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from attnopt.models.learner import Conv4Learner
 from attnopt.models.metalearner import MetaLearner, MetaState
-
-
-def support_loss_and_grad(
-    learner: Conv4Learner, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy L_t of each task at its θ, and the gradient ∇_t, cut from the meta-graph.
-
-    theta: (B, P); x: (B, n, C, H, W); y: (B, n). Returns loss (B,) and grad (B, P).
-    θ is detached first: the paper treats ∇_t and L_t as constants for the meta-gradient
-    (first-order approximation), which also frees this step's activations at once.
-    ``torch.func`` computes the gradient even under ``torch.no_grad`` (evaluation).
-    """
-
-    def total_loss(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = learner(t, x)
-        per_image = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        per_task = per_image.view(y.shape).mean(1)
-        # tasks are independent, so ∂(Σ_b L_b)/∂θ_b = ∂L_b/∂θ_b: every task's own gradient
-        return per_task.sum(), per_task
-
-    grads, loss = torch.func.grad(total_loss, has_aux=True)(theta.detach())
-    return loss.detach(), grads.detach()
 
 
 def adapt_tasks(
@@ -56,15 +33,15 @@ def adapt_tasks(
     ``on_step(t, θ_t, state)`` is called after every step (for inspection and plots).
     """
     tasks, n = support_x.shape[:2]
-    theta = metalearner.c_init.expand(tasks, -1)  # θ_0 = c_I for every task
+    # θ_0 = c_I for every task (a copy, not an expanded view: one memory layout for every
+    # step, so torch.compile (--compile) traces the step once)
+    theta = metalearner.c_init.repeat(tasks, 1)
     state = metalearner.initial_state((tasks,))
     t = 0
     for _ in range(epochs):
         for start in range(0, n, batch_size):
             batch = slice(start, start + batch_size)
-            loss, grad = support_loss_and_grad(
-                learner, theta, support_x[:, batch], support_y[:, batch]
-            )
+            loss, grad = learner.loss_and_grad(theta, support_x[:, batch], support_y[:, batch])
             theta, state = metalearner.step(grad, loss, theta, state)
             t += 1
             if on_step is not None:

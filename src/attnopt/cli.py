@@ -112,6 +112,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         choices=AMP_MODES,
         help="bf16: run the learner's convolutions in bfloat16 (θ and meta-learner stay fp32)",
     )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the inner loop: faster after a warm-up of tens of seconds "
+        "(needs a C++ compiler on the CPU)",
+    )
     g.add_argument("--episode-val", type=int, help="validation episodes (100)")
     g.add_argument("--episode-test", type=int, help="test episodes (600)")
     g.add_argument("--val-freq", type=int, help="validate every this many episodes")

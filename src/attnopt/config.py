@@ -63,6 +63,7 @@ class Config:
     # CPUs, where grouped convolutions over tasks are slower than one task at a time
     eval_batch: int | None = None
     amp: str = "none"  # bf16: the learner's convolutions in bfloat16; θ and the LSTM in fp32
+    compile: bool = False  # torch.compile the inner loop's hot paths (attnopt/compilation.py)
     episode: int = 600
     episode_val: int = 100
     episode_test: int = 600

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from attnopt.adapt import adapt_tasks, query_logits_tasks
 from attnopt.checkpoint import check_compatible, load_checkpoint
+from attnopt.compilation import check_compiler, compile_model
 from attnopt.config import Config
 from attnopt.data import load_split
 from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, EpisodeSampler
@@ -107,9 +108,13 @@ def test_checkpoint(
     path: str, config: Config, device: torch.device, test_set: ImageSet | None = None
 ) -> EvalResult:
     """Evaluate checkpoint ``path`` on ``config.episode_test`` episodes of the test split."""
+    if config.compile:
+        check_compiler(device)  # before the test set is decoded
     test_set = test_set if test_set is not None else load_split(config, "test")
     sampler = EpisodeSampler(
         test_set, config.n_class, config.n_shot, config.n_eval, EVAL_SEED, TEST_STREAM
     )
     model = load_trained(path, config, test_set.channels, device)
+    if config.compile:
+        compile_model(model)
     return evaluate(model, sampler, config, config.episode_test, device, "test")

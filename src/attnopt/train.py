@@ -24,6 +24,7 @@ from attnopt.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
+from attnopt.compilation import check_compiler, compile_model
 from attnopt.config import Config
 from attnopt.data import load_split
 from attnopt.data.augment import make_augmentation
@@ -138,6 +139,8 @@ def train(config: Config) -> TrainResult | None:
     if config.deterministic:
         use_deterministic_algorithms(device)
     try:
+        if config.compile:
+            check_compiler(device)  # before any data is read
         if not procs.is_main:
             _train(config, procs, device, None)
             return None
@@ -185,6 +188,8 @@ def _train(
     channels = train_set.channels
     augment = make_augmentation(config.augment, channels, config.image_size)  # training only
     model = build_model(config, channels).to(device)
+    if config.compile:
+        compile_model(model)
     learner, metalearner = model.learner, model.metalearner
     optimizer = torch.optim.Adam(model.param_groups(config.lr, config.attn_lr_scale))
     last = Path(config.save) / "ckpts" / "last.pt"

@@ -157,6 +157,28 @@ class Conv4Learner(nn.Module):
         head = p["head.weight"].transpose(1, 2)  # (B, C·s·s, N)
         return torch.baddbmm(p["head.bias"].unsqueeze(1), features, head)
 
+    def loss_and_grad(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy L_t of each task at its θ, and the gradient ∇_t, cut from the
+        meta-graph: the inner loop's step (support mini-batch) before the meta-learner's update.
+
+        theta: (B, P); x: (B, n, C, H, W); y: (B, n). Returns loss (B,) and grad (B, P).
+        θ is detached first: the paper treats ∇_t and L_t as constants for the meta-gradient
+        (first-order approximation), which also frees this step's activations at once.
+        ``torch.func`` computes the gradient even under ``torch.no_grad`` (evaluation).
+        """
+
+        def total_loss(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self(t, x)
+            per_image = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            per_task = per_image.view(y.shape).mean(1)
+            # tasks are independent, so ∂(Σ_b L_b)/∂θ_b = ∂L_b/∂θ_b: every task's own gradient
+            return per_task.sum(), per_task
+
+        grads, loss = torch.func.grad(total_loss, has_aux=True)(theta.detach())
+        return loss.detach(), grads.detach()
+
     def _block(
         self, p: dict[str, torch.Tensor], b: int, x: torch.Tensor, n_support: int, bn: str
     ) -> torch.Tensor:
