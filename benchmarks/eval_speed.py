@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from throughput import CONFIGS
 
+from attnopt.compilation import compile_model
 from attnopt.config import AMP_MODES, Config
 from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, EpisodeSampler
 from attnopt.data.imageset import ImageSet
@@ -23,7 +24,9 @@ from attnopt.evaluate import evaluate
 from attnopt.models import build_model
 
 
-def measure(name: str, eval_batch: int, amp: str, device: torch.device, episodes: int) -> str:
+def measure(
+    name: str, eval_batch: int, amp: str, device: torch.device, episodes: int, compiled: bool
+) -> str:
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
     rng = np.random.default_rng(0)
     classes, per_class = 20, k + q
@@ -37,6 +40,8 @@ def measure(name: str, eval_batch: int, amp: str, device: torch.device, episodes
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(config, channels).to(device)
+    if compiled:
+        compile_model(model)
     evaluate(model, sampler, config, min(episodes, 2 * eval_batch), device)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -46,7 +51,8 @@ def measure(name: str, eval_batch: int, amp: str, device: torch.device, episodes
     return (
         f"eval {name}: device={device.type} threads={torch.get_num_threads()} "
         f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} steps={epochs}x{batch} "
-        f"eval_batch={eval_batch} {'fp32' if amp == 'none' else amp} episodes={episodes} "
+        f"eval_batch={eval_batch} {'fp32' if amp == 'none' else amp} compile={compiled} "
+        f"episodes={episodes} "
         f"seconds={seconds:.1f} episodes/s={episodes / seconds:.1f}"
     )
 
@@ -58,11 +64,13 @@ def main() -> None:
     parser.add_argument("--amp", choices=AMP_MODES, default="none")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--compile", action="store_true", help="as attnopt's --compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     for name in args.config or ["glyphs-5shot"]:
         for eval_batch in args.eval_batch or [20]:
-            print(measure(name, eval_batch, args.amp, device, args.episodes), flush=True)
+            line = measure(name, eval_batch, args.amp, device, args.episodes, args.compile)
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ Never run by CI.
     python benchmarks/throughput.py                       # all configurations, CPU, B=1
     python benchmarks/throughput.py --config glyphs-5shot --meta-batch 1 --meta-batch 8
     python benchmarks/throughput.py --config mini-5shot --device cuda --meta-batch 32 --amp bf16
+    python benchmarks/throughput.py --config mini-5shot --compile none --compile step --compile all
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import statistics
 import time
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.compilation import PARTS, compile_model
 from attnopt.config import AMP_MODES, ATTENTION_MODES, Config
 from attnopt.models import build_model
 
@@ -30,6 +33,8 @@ CONFIGS = {
     "glyphs-5shot": (1, 28, 5, 5, 15, 8, 25),
     "glyphs-1shot": (1, 28, 5, 1, 15, 12, 5),
 }
+# --compile: what is compiled (attnopt's --compile: all)
+COMPILED = {"none": (), "step": ("step",), "all": PARTS}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -48,13 +53,14 @@ def measure(
     updates: int,
     repeats: int,
     attn_block: int = 3,
+    compiled: str = "none",
 ) -> str:
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
     torch.manual_seed(0)
     config = Config(
         n_class=n, n_shot=k, image_size=size, attention=attention, amp=amp, attn_block=attn_block
     )
-    model = build_model(config, channels).to(device)
+    model = compile_model(build_model(config, channels).to(device), COMPILED[compiled])
     learner, metalearner = model.learner, model.metalearner
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     # channels-last, as the episode sampler delivers images
@@ -76,8 +82,12 @@ def measure(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(2):  # warm-up: kernel selection, allocator
+    sync()
+    start = time.perf_counter()
+    for _ in range(2):  # warm-up: compilation, kernel selection, allocator
         meta_update()
+    sync()
+    warmup = time.perf_counter() - start
     rates = []
     for _ in range(repeats):
         sync()
@@ -90,10 +100,10 @@ def measure(
         f"{name}: device={device.type} threads={torch.get_num_threads()} "
         f"attention={attention} attn_block={attn_block} "
         f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} "
-        f"steps={epochs}x{batch} B={tasks} "
+        f"steps={epochs}x{batch} B={tasks} compile={compiled} "
         f"{'fp32' if amp == 'none' else amp} episodes/s={statistics.median(rates):.2f} "
         f"(runs: {', '.join(f'{r:.2f}' for r in rates)}) "
-        f"peak_mem_mb={peak_memory_mb(device):.0f}"
+        f"peak_mem_mb={peak_memory_mb(device):.0f} warmup_s={warmup:.1f}"
     )
 
 
@@ -104,6 +114,7 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, action="append", help="tasks per update (1)")
     parser.add_argument("--amp", choices=AMP_MODES, action="append")
     parser.add_argument("--attn-block", type=int, default=3, help="cross-attention placement")
+    parser.add_argument("--compile", choices=sorted(COMPILED), action="append")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=5, help="meta-updates per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
@@ -114,7 +125,9 @@ def main() -> None:
     for name in args.config or list(CONFIGS):
         for attention in args.attention or ["none"]:
             for tasks in args.meta_batch or [1]:
-                for amp in args.amp or ["none"]:
+                for amp, compiled in itertools.product(
+                    args.amp or ["none"], args.compile or ["none"]
+                ):
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     line = measure(
@@ -126,6 +139,7 @@ def main() -> None:
                         args.updates,
                         args.repeats,
                         args.attn_block,
+                        compiled,
                     )
                     print(line, flush=True)
 
