@@ -3,8 +3,9 @@
 Three parts are compiled: the meta-learner's step (its per-coordinate LSTM and gates, a dozen
 elementwise passes over P rows that Inductor fuses), the learner's inner step (forward and
 gradient at a support mini-batch) and the learner's forward (query logits). Measured on the
-2-core CPU (benchmarks/README.md), MLAL meta-trains 65% faster at 28x28 and 25% at 84x84;
-on GPUs the learner's elementwise passes (BatchNorm, ReLU, pooling) are where the time goes.
+2-core CPU (benchmarks/README.md), MLAL meta-trains 1.7x as fast at 28x28 and 1.2x at
+84x84; on GPUs the learner's elementwise passes (BatchNorm, ReLU, pooling) are where the
+time goes (issue 5's probe), unmeasured here.
 
 Compiled functions compute what the eager ones do: equal to rounding (tested in float64).
 The first meta-updates and the first validation run slowly while the graphs compile.
