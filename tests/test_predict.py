@@ -56,6 +56,15 @@ def test_table_on_the_console_names_every_query_and_class(ckpt, images, capsys) 
         assert abs(sum(probs) - 1) < 2e-3 and cells[1] == ["cat", "dog", "emu"][np.argmax(probs)]
 
 
+def test_unwritable_output_is_one_error_line_naming_it(ckpt, images, tmp_path, capsys) -> None:
+    support, query = images
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = blocker / "preds.csv"  # its folder is a file
+    assert main(_predict(ckpt, support, "--query", str(query), "--output", str(out))) == 2
+    assert f"cannot write {out}" in error_line(capsys)
+
+
 def test_csv_output_is_written_atomically_and_matches_the_api(
     ckpt, images, tmp_path: Path, capsys
 ) -> None:

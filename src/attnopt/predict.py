@@ -115,8 +115,5 @@ def run_predict(
     text = format_predictions(query_paths, task.classes, task.predict_proba(query_paths), fmt)
     if output is None:
         return text
-    try:
-        atomic_write(output, lambda f: f.write(text))
-    except OSError as e:
-        raise UserError(f"cannot write --output {output}: {e.strerror or e}") from None
+    atomic_write(output, lambda f: f.write(text))  # an OSError comes back as a UserError
     return f"wrote {len(query_paths)} predictions ({len(task.classes)} classes) to {output}\n"
