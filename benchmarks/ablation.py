@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from attnopt.api import train
 from attnopt.config import ATTENTION_MODES, resolve
-from attnopt.train import train
 
 
 def run(out: Path, variant: str, shot: int, seed: int, episodes: int, attn: dict) -> str:

@@ -18,9 +18,8 @@ from throughput import CONFIGS
 
 from attnopt.compilation import compile_model
 from attnopt.config import AMP_MODES, Config
-from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, EpisodeSampler
 from attnopt.data.imageset import ImageSet
-from attnopt.evaluate import evaluate
+from attnopt.evaluation import eval_sampler, evaluate
 from attnopt.models import build_model
 
 
@@ -33,11 +32,11 @@ def measure(
     images = rng.integers(0, 256, (classes * per_class, size, size, channels), dtype=np.uint8)
     labels = np.repeat(np.arange(classes), per_class)
     imageset = ImageSet(images, labels, tuple(f"c{i}" for i in range(classes)), "synthetic")
-    sampler = EpisodeSampler(imageset, n, k, q, EVAL_SEED, TEST_STREAM)
     config = Config(
         n_class=n, n_shot=k, n_eval=q, image_size=size, epoch=epochs, batch_size=batch,
         eval_batch=eval_batch, amp=amp, attention="none",
     )  # fmt: skip
+    sampler = eval_sampler(imageset, config, "test")
     torch.manual_seed(0)
     model = build_model(config, channels).to(device)
     if compiled:

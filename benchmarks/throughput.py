@@ -17,14 +17,17 @@ import itertools
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from attnopt.adapt import adapt_tasks, query_logits_tasks
 from attnopt.compilation import PARTS, compile_model
 from attnopt.config import AMP_MODES, ATTENTION_MODES, Config
+from attnopt.data.episodes import Episode
+from attnopt.distributed import Processes
+from attnopt.guard import DivergenceGuard
 from attnopt.models import build_model
+from attnopt.objective import InnerLoop, meta_update, score_episodes
 
 # name: (channels, image size, N, K, Q, inner epochs, inner batch size)
 CONFIGS = {
@@ -61,22 +64,20 @@ def measure(
         n_class=n, n_shot=k, image_size=size, attention=attention, amp=amp, attn_block=attn_block
     )
     model = compile_model(build_model(config, channels).to(device), COMPILED[compiled])
-    learner, metalearner = model.learner, model.metalearner
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.param_groups(config.lr, config.attn_lr_scale))
+    guard = DivergenceGuard(model.parameters(), optimizer, config.grad_clip, 10, Path("unused"))
     # channels-last, as the episode sampler delivers images
-    support_x = torch.randn(tasks, n * k, size, size, channels, device=device).movedim(-1, 2)
-    query_x = torch.randn(tasks, n * q, size, size, channels, device=device).movedim(-1, 2)
-    support_y = torch.arange(n, device=device).repeat(k).expand(tasks, -1)
-    query_y = torch.arange(n, device=device).repeat(q).expand(tasks, -1)
+    episodes = Episode(
+        support_x=torch.randn(tasks, n * k, size, size, channels, device=device).movedim(-1, 2),
+        support_y=torch.arange(n, device=device).repeat(k).expand(tasks, -1),
+        query_x=torch.randn(tasks, n * q, size, size, channels, device=device).movedim(-1, 2),
+        query_y=torch.arange(n, device=device).repeat(q).expand(tasks, -1),
+    )
+    inner = InnerLoop(epochs, batch)
 
-    def meta_update() -> None:
-        theta = adapt_tasks(learner, metalearner, support_x, support_y, epochs, batch)
-        logits = query_logits_tasks(learner, theta, support_x, query_x)
-        loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
-        optimizer.step()
+    def one_update() -> None:  # exactly what the training loop runs per meta-update
+        score = score_episodes(model, episodes, inner)
+        meta_update(guard, score.loss, 0, Processes())
 
     def sync() -> None:
         if device.type == "cuda":
@@ -85,7 +86,7 @@ def measure(
     sync()
     start = time.perf_counter()
     for _ in range(2):  # warm-up: compilation, kernel selection, allocator
-        meta_update()
+        one_update()
     sync()
     warmup = time.perf_counter() - start
     rates = []
@@ -93,7 +94,7 @@ def measure(
         sync()
         start = time.perf_counter()
         for _ in range(updates):
-            meta_update()
+            one_update()
         sync()
         rates.append(updates * tasks / (time.perf_counter() - start))
     return (

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from attnopt.api import train
 from attnopt.config import resolve
-from attnopt.train import train
 
 
 def run(out: Path, meta_batch: int, lr: float, args: argparse.Namespace) -> str:

@@ -18,7 +18,7 @@ from attnopt.config import Config
 from attnopt.data.decode import decode_images
 from attnopt.data.episodes import normalize
 from attnopt.errors import UserError
-from attnopt.evaluate import load_trained
+from attnopt.evaluation import load_trained
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from attnopt.config import Config
 from attnopt.data.episodes import EpisodeSampler
 from attnopt.data.imageset import ImageSet
 from attnopt.data.prefetch import prefetch
-from attnopt.evaluate import evaluate
+from attnopt.evaluation import evaluate
 from attnopt.models import FewShotModel, build_model
 
 TASKS, EPOCHS, BATCH = 3, 2, 5

@@ -52,19 +52,30 @@ def test_train_leaves_a_complete_run_folder(trained_run: Path) -> None:
     assert not list(trained_run.rglob("*.tmp"))
 
 
-def test_test_mode_evaluates_a_checkpoint(
-    trained_run: Path, folder_dataset: Path, capsys: pytest.CaptureFixture
+def test_test_mode_evaluates_a_checkpoint_under_a_name_of_its_own(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     ckpt = trained_run / "ckpts" / "best.pt"
-    (trained_run / "test.json").unlink()
+    runs_own = (trained_run / "test.json").read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(
+        elsewhere
+    )  # the checkpoint's path is recorded relative to its run, not to here
     assert main(["test", "--resume", str(ckpt), "--episode-test", "7", "--cpu"]) == 0
     assert capsys.readouterr().out.strip().endswith("(95% CI, 7 episodes, 3-way 2-shot)")
-    assert json.loads((trained_run / "test.json").read_text())["episodes"] == 7
-    # Same episodes, same checkpoint: the same accuracy.
+    assert (trained_run / "test.json").read_bytes() == runs_own  # the run's own result stays
+    record = trained_run / "evals" / "best-3way-2shot-2query-7episodes.json"
+    first = json.loads(record.read_text())
+    assert first["episodes"] == 7 and first["checkpoint"] == "ckpts/best.pt"
+    with open(record.with_name(record.stem + "_episodes.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["episode"]) for r in rows] == list(range(7))
+    mean = 100 * sum(float(r["accuracy"]) for r in rows) / 7
+    assert mean == pytest.approx(first["accuracy"], abs=1e-3)
+    # Same episodes, same checkpoint: the same accuracy, episode by episode.
     assert main(["test", "--resume", str(ckpt), "--episode-test", "7", "--cpu"]) == 0
-    first = json.loads((trained_run / "test.json").read_text())["accuracy"]
-    assert main(["test", "--resume", str(ckpt), "--episode-test", "7", "--cpu"]) == 0
-    assert json.loads((trained_run / "test.json").read_text())["accuracy"] == first
+    assert json.loads(record.read_text()) == first
 
 
 def test_test_mode_with_another_shot_count(trained_run: Path, capsys) -> None:
@@ -163,7 +174,7 @@ def test_console_script_and_main_py_exit_2_on_bad_flags(tmp_path: Path) -> None:
         [sys.executable, "-m", "attnopt", "train", "--n-class", "x"],
         [sys.executable, str(REPO / "main.py"), "--mode", "train", "--n-class", "x"],
     ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
         assert proc.stderr.startswith("error: ") and "--n-class" in proc.stderr

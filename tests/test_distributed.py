@@ -1,7 +1,9 @@
 """torchrun: G processes x B/G tasks compute what one process with meta-batch B computes."""
 
 import csv
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +14,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+import attnopt.pipeline
 from attnopt import distributed
 from attnopt.adapt import adapt_tasks, query_logits_tasks
 from attnopt.cli import main
-from attnopt.config import Config
+from attnopt.config import Config, resolve
+from attnopt.data.episodes import TEST_STREAM, VAL_STREAM, EpisodeSampler
 from attnopt.models import build_model
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
@@ -88,7 +92,6 @@ def test_torchrun_with_two_processes_trains_like_one_process(
         [*command, "-m", "attnopt", *flags(folder_dataset, multi)],
         capture_output=True,
         text=True,
-        timeout=300,
         env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -112,3 +115,51 @@ def test_torchrun_with_two_processes_trains_like_one_process(
     for ra, rb in zip(rows_a, rows_b, strict=True):
         if ra["loss"]:
             assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-3)
+
+
+def _recording_worker(rank: int, port: int, data: str, out: str) -> None:
+    """One of two processes, started as torchrun would start it, recording which validation
+    and test episodes it scores."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    seen: dict[int, list[int]] = {VAL_STREAM: [], TEST_STREAM: []}
+    real = EpisodeSampler.episodes
+
+    def episodes(self, indices, *args, **kwargs):
+        if self.stream in seen:
+            seen[self.stream].extend(indices)
+        return real(self, indices, *args, **kwargs)
+
+    EpisodeSampler.episodes = episodes
+    attnopt.pipeline.draw_figures = lambda *a: None
+    settings = "image_size=16 n_class=3 n_shot=2 n_eval=2 epoch=1 episode=4 meta_batch=2 "
+    settings += "log_freq=2 val_freq=4 episode_val=5 episode_test=3 seed=5"
+    config = resolve(
+        {
+            **{k: int(v) for k, v in (pair.split("=") for pair in settings.split())},
+            **{"data": "folder", "data_root": data, "save": out, "cpu": True},
+        }
+    )
+    attnopt.pipeline.train_and_test(config)
+    Path(f"{out}.{rank}.json").write_text(json.dumps(seen))
+
+
+def test_every_process_scores_its_share_of_validation_and_test_episodes(
+    folder_dataset: Path, tmp_path: Path
+) -> None:
+    """No process waits while another evaluates alone (a long validation would outlast the
+    process group's timeout): each scores a block of the episodes, and the blocks make up
+    every episode exactly once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    mp.spawn(_recording_worker, args=(port, str(folder_dataset), str(out)), nprocs=2)
+    seen = [json.loads(Path(f"{out}.{rank}.json").read_text()) for rank in (0, 1)]
+    # one validation (at episode 4, the end) of 5 episodes, a test of 3
+    assert (seen[0][str(VAL_STREAM)], seen[1][str(VAL_STREAM)]) == ([0, 1, 2], [3, 4])
+    assert (seen[0][str(TEST_STREAM)], seen[1][str(TEST_STREAM)]) == ([0, 1], [2])
+    assert json.loads((out / "test.json").read_text())["episodes"] == 3

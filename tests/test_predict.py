@@ -191,3 +191,49 @@ def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(
     assert main(_predict(model, support, *queries, "--output", str(out))) == 2
     assert culprit in error_line(capsys)
     assert not out.exists() and not list(tmp_path.glob(".preds.csv*"))
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> tuple[Path, Path]:
+    """A support folder and a labelled query folder laid out the same way."""
+    support = make_support(tmp_path / "support", {"cat": 2, "dog": 2, "emu": 2}, size=24)
+    queries = make_support(tmp_path / "labelled", {"cat": 3, "dog": 2, "emu": 2}, seed=4)
+    return support, queries
+
+
+def test_labelled_queries_get_the_accuracy_and_a_confusion_matrix(ckpt, labelled, capsys) -> None:
+    support, queries = labelled
+    assert main(_predict(ckpt, support, "--query", str(queries), "--format", "json")) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["predictions"]
+    assert [Path(r["path"]).parent.name for r in rows] == [r["label"] for r in rows]
+    counts = np.zeros((3, 3), dtype=int)
+    for r in rows:
+        counts[report["classes"].index(r["label"]), report["classes"].index(r["predicted"])] += 1
+    assert report["confusion"] == counts.tolist()
+    assert report["accuracy"] == pytest.approx(100 * np.trace(counts) / 7)
+    assert counts.sum(1).tolist() == [3, 2, 2]  # rows: the true classes
+
+    assert main(_predict(ckpt, support, "--query", str(queries))) == 0
+    out = capsys.readouterr().out
+    correct = int(np.trace(counts))
+    assert f"accuracy {100 * correct / 7:.2f}% ({correct}/7)" in out
+    matrix = out.split("confusion matrix:\n")[1].splitlines()
+    assert matrix[0].split()[-3:] == ["cat", "dog", "emu"]
+    assert [[int(v) for v in line.split()[1:]] for line in matrix[1:]] == counts.tolist()
+
+
+def test_queries_are_unlabelled_unless_laid_out_like_the_support(ckpt, labelled, capsys) -> None:
+    support, queries = labelled
+    (queries / "other").mkdir()
+    write_image(queries / "other" / "x.png", np.random.default_rng(1))  # not a support class
+    assert main(_predict(ckpt, support, "--query", str(queries), "--format", "json")) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), list)  # plain predictions
+
+
+def test_output_into_a_missing_folder_creates_nothing(ckpt, images, tmp_path, capsys) -> None:
+    support, query = images
+    out = tmp_path / "not" / "there" / "preds.csv"
+    assert main(_predict(ckpt, support, "--query", str(query), "--output", str(out))) == 2
+    assert str(tmp_path / "not" / "there") in error_line(capsys)
+    assert not (tmp_path / "not").exists()

@@ -2,7 +2,8 @@
 
 The README's ```bash blocks are read line by line (``&&`` separates commands, ``#`` starts a
 comment) and every command is checked in order, in a folder that holds the data the README
-names (``my_data``, ``my_support``, ``my_photos``), with the built-in data set cut down:
+names (``my_data``, ``my_support``, ``my_photos``, ``my_labelled``), with the built-in data
+set cut down:
 
 - ``attnopt ...`` (and ``python main.py --mode ...``) commands run in-process, with tiny-size
   flags appended (``TINY``; later flags win), except those that need what a test cannot
@@ -25,7 +26,6 @@ import dataclasses
 import importlib.util
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ import pytest
 from conftest import make_folder_dataset, make_support, write_image
 
 import attnopt
+import attnopt.pipeline
 from attnopt.cli import build_parser, main
 from attnopt.config import resolve
 from attnopt.errors import UserError
@@ -117,13 +118,13 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_glyphs) -> Pa
     """The working folder of the README's commands, with the user data it names."""
     make_folder_dataset(tmp_path / "my_data")
     make_support(tmp_path / "my_support", {"cat": 2, "dog": 2})
+    make_support(tmp_path / "my_labelled", {"cat": 2, "dog": 1}, seed=3)
     rng = np.random.default_rng(0)
     write_image(tmp_path / "my_photos" / "a.jpg", rng)
     write_image(tmp_path / "my_photos" / "b.png", rng)
     monkeypatch.chdir(tmp_path)
-    # The figures take longer than the tiny runs; test_cli.py checks them. (`attnopt.train`
-    # is the function: the module is reached through sys.modules.)
-    monkeypatch.setattr(sys.modules["attnopt.train"], "plot_run", lambda *a, **k: [])
+    # The figures take longer than the tiny runs; test_cli.py checks them.
+    monkeypatch.setattr(attnopt.pipeline, "draw_figures", lambda *a, **k: None)
     return tmp_path
 
 

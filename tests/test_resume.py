@@ -20,16 +20,16 @@ import pytest
 import torch
 from conftest import make_folder_dataset
 
+from attnopt.api import train
 from attnopt.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
 from attnopt.config import Config, resolve
 from attnopt.data.episodes import TRAIN_STREAM, EpisodeSampler
 from attnopt.models import build_model
-from attnopt.train import train
 
 WALL_TIME = ("elapsed_s", "episodes_per_s")
 EPISODES, KILLED_IN = 8, 6  # checkpoints after episodes 3, 6, 8; logs after 2, 4, 6, 8
 
-TRAIN = importlib.import_module("attnopt.train")  # the module; `attnopt.train` is the function
+PIPELINE = importlib.import_module("attnopt.pipeline")
 
 
 class Killed(BaseException):
@@ -88,8 +88,7 @@ def assert_same(a: object, b: object, where: str = "") -> None:
 
 @pytest.fixture
 def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(TRAIN, "plot_run", lambda *args: [])  # figures: not compared
-    monkeypatch.setattr(TRAIN, "write_report", lambda *args: None)
+    monkeypatch.setattr(PIPELINE, "draw_figures", lambda *a: None)  # figures: not compared
     return make_folder_dataset(tmp_path / "data", classes={f"n{c:08d}": 3 for c in range(4)})
 
 

@@ -55,7 +55,6 @@ def test_seed_scripts_train_then_evaluate(shot: str, folder_dataset: Path, tmp_p
         ],
         capture_output=True,
         text=True,
-        timeout=300,
     )
     assert train.returncode == 0, train.stderr
     config = json.loads((run / "config.json").read_text())
@@ -75,7 +74,6 @@ def test_seed_scripts_train_then_evaluate(shot: str, folder_dataset: Path, tmp_p
         ],
         capture_output=True,
         text=True,
-        timeout=300,
     )
     assert evaluate.returncode == 0, evaluate.stderr
     assert evaluate.stdout.strip().splitlines()[-1].startswith("test accuracy ")

@@ -3,31 +3,51 @@
 The Python API (see the README): :func:`load` a checkpoint, ``.adapt`` it to a support set and
 ``.predict`` query images; :func:`train` and :func:`evaluate` return their results;
 :func:`make_config` builds a :class:`Config` from command-line flags given as keywords.
+
+The names are imported on first use, so ``import attnopt`` is quick and pulls in neither
+torch nor matplotlib; the submodules have names of their own (``attnopt.training``,
+``attnopt.evaluation``), so the functions never hide them.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Importing these functions binds the names `train` and `evaluate` here, over the submodules
-# of the same names: `attnopt.train` is the function; `from attnopt.train import ...` still
-# reaches the module.
-from attnopt.api import (  # noqa: E402
-    AdaptedTask,
-    FewShotClassifier,
-    evaluate,
-    load,
-    make_config,
-    train,
-)
-from attnopt.config import Config  # noqa: E402
-from attnopt.errors import UserError  # noqa: E402
+_EXPORTS = {
+    "AdaptedTask": "attnopt.api",
+    "FewShotClassifier": "attnopt.api",
+    "evaluate": "attnopt.api",
+    "load": "attnopt.api",
+    "make_config": "attnopt.api",
+    "train": "attnopt.api",
+    "Config": "attnopt.config",
+    "UserError": "attnopt.errors",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "AdaptedTask",
-    "Config",
-    "FewShotClassifier",
-    "UserError",
-    "evaluate",
-    "load",
-    "make_config",
-    "train",
-]
+if TYPE_CHECKING:
+    from attnopt.api import (  # noqa: F401
+        AdaptedTask,
+        FewShotClassifier,
+        evaluate,
+        load,
+        make_config,
+        train,
+    )
+    from attnopt.config import Config  # noqa: F401
+    from attnopt.errors import UserError  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'attnopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

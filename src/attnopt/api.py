@@ -27,16 +27,16 @@ from PIL import Image
 
 from attnopt.adapt import adapt, query_logits
 from attnopt.checkpoint import load_checkpoint
-from attnopt.config import Config, resolve
+from attnopt.config import Config, init_config, resolve, resume_config
 from attnopt.data.decode import decode_image, image_to_array
 from attnopt.data.episodes import standardize, to_unit
 from attnopt.errors import UserError
-from attnopt.evaluate import EvalResult, load_trained, test_checkpoint
+from attnopt.evaluation import EvalResult, load_trained, test_checkpoint
 from attnopt.models import FewShotModel, build_model
 from attnopt.models.learner import Conv4Learner
+from attnopt.pipeline import TrainResult, train_and_test
+from attnopt.runfolder import run_dir_of
 from attnopt.runtime import select_device
-from attnopt.train import TrainResult
-from attnopt.train import train as _train
 
 # One image: a file path, a Pillow image, or a float tensor (C, H, W) in [0, 1].
 ImageLike = str | os.PathLike | Image.Image | torch.Tensor
@@ -52,13 +52,33 @@ def make_config(config: Config | None = None, **flags: Any) -> Config:
     return resolve(flags, base=config)
 
 
-def train(config: Config | None = None, **flags: Any) -> TrainResult:
-    """Meta-train (``attnopt train``) and return the result instead of printing it.
+def train_config(flags: dict[str, Any]) -> Config:
+    """The Config of ``attnopt train`` with these flags: a new run; with ``resume`` the
+    checkpoint's run continued (its settings, in its folder unless ``save`` is given); with
+    ``init`` a new run from the checkpoint's weights."""
+    if flags.get("resume"):
+        path = flags["resume"]
+        saved = load_checkpoint(path)["config"]
+        return resume_config(flags, saved, str(path), str(run_dir_of(path)))
+    if flags.get("init"):
+        return init_config(flags, load_checkpoint(flags["init"])["config"])
+    return resolve(flags)
+
+
+def train(
+    config: Config | None = None, *, overwrite: bool = False, **flags: Any
+) -> TrainResult | None:
+    """Meta-train (``attnopt train``), test the best checkpoint and return the result.
 
     ``attnopt.train(n_shot=1, save="runs/1shot")`` or ``attnopt.train(attnopt.make_config(...))``;
-    keyword flags are applied on top of ``config``, and the result is validated.
+    keyword flags are applied on top of ``config``. ``resume="RUN/ckpts/last.pt"`` continues
+    that run (its settings must not change, but for ``episode``, ``lr`` and the other
+    continuation settings); ``init=CKPT`` starts a new run from a checkpoint's weights.
+    ``overwrite=True`` replaces a run already in the ``save`` folder. Returns None on torchrun
+    processes other than rank 0.
     """
-    return _train(make_config(config, **flags))
+    settings = {**config.to_dict(), **flags} if config is not None else flags
+    return train_and_test(train_config(settings), overwrite)
 
 
 def evaluate(checkpoint: str | os.PathLike, device: str | None = None, **flags: Any) -> EvalResult:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnopt.config import ARCHITECTURE_FIELDS, Config, validate
+from attnopt.config import Config, flag, validate
 from attnopt.errors import UserError
 from attnopt.fileio import atomic_write
+from attnopt.models import FewShotModel, build_model
 
 FORMAT = "attnopt-checkpoint"
 VERSION = 1
@@ -98,12 +99,14 @@ def save_checkpoint(
     best_accuracy: float,
     best_episode: int,
     train_state: dict[str, Any] | None = None,
+    rng: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically (temp file beside it, fsync, rename).
 
     ``train_state`` holds whatever else the training loop needs to resume exactly (tensors
-    and plain values). UserError, and nothing written, when the model or the optimizer holds
-    a NaN or an infinity: a checkpoint is always a good one.
+    and plain values); ``rng`` the random generators' states (by default: as they are now).
+    UserError, and nothing written, when the model or the optimizer holds a NaN or an
+    infinity: a checkpoint is always a good one.
     """
     bad = _non_finite(
         {"model": model, "optimizer": optimizer, "train_state": train_state, "best": best_accuracy}
@@ -123,8 +126,7 @@ def save_checkpoint(
         "episode": episode,
         "best_accuracy": best_accuracy,
         "best_episode": best_episode,
-        "torch_rng": torch.get_rng_state(),
-        "rng": rng_states(),
+        "rng": rng if rng is not None else rng_states(),
         "train_state": train_state or {},
     }
     buf = io.BytesIO()  # serialise first: a failing write then is a plain OSError
@@ -132,11 +134,37 @@ def save_checkpoint(
     atomic_write(path, lambda f: f.write(buf.getbuffer()), "wb")
 
 
+_TEXT_BYTES = frozenset(b"\t\n\r\f" + bytes(range(32, 127)) + bytes(range(128, 256)))
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a file written by torch.save (a zip archive, or a pickle in the
+    legacy format), or None when it may be one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    if not head:
+        return "it is empty"
+    if all(byte in _TEXT_BYTES for byte in head):
+        return "it is a text file"
+    return "it is not a file written by torch.save"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint onto the CPU; UserError if missing, damaged or not ours."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    not_ours = _not_a_torch_file(path)
+    if not_ours:
+        raise UserError(
+            f"{path} is not an attnopt checkpoint: {not_ours}; checkpoints are the .pt files "
+            "that attnopt train writes into RUN/ckpts/"
+        )
     try:
         with warnings.catch_warnings():  # e.g. about the pickle protocol: the error says it
             warnings.simplefilter("ignore")
@@ -171,17 +199,32 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def check_compatible(
     ckpt: dict[str, Any], config: Config, in_channels: int, path: str | os.PathLike
 ) -> None:
-    """UserError unless ``config`` and the data build the same parameter shapes as ``ckpt``."""
-    saved: Config = ckpt["config"]
-    for name in ARCHITECTURE_FIELDS:
-        if getattr(saved, name) != getattr(config, name):
-            raise UserError(
-                f"checkpoint {path} was trained with --{name.replace('_', '-')} "
-                f"{getattr(saved, name)}, this run uses {getattr(config, name)}; "
-                f"pass --{name.replace('_', '-')} {getattr(saved, name)} or train a new model"
-            )
+    """UserError unless ``config`` and the data build the same parameter shapes as ``ckpt``:
+    the architecture settings are compared as a whole, and every difference is named."""
+    saved, wanted = ckpt["config"].architecture(), config.architecture()
+    differ = [name for name in saved if saved[name] != wanted[name]]
+    if differ:
+
+        def flags(values: dict[str, Any]) -> str:
+            return " ".join(f"{flag(name)} {values[name]}" for name in differ)
+
+        raise UserError(
+            f"checkpoint {path} was trained with {flags(saved)}, this run uses "
+            f"{flags(wanted)}; pass {flags(saved)} or train a new model"
+        )
     if ckpt["in_channels"] != in_channels:
         raise UserError(
             f"checkpoint {path} expects {ckpt['in_channels']}-channel images, the "
             f"data has {in_channels}; use data like the training data"
         )
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], config: Config, in_channels: int, path: str | os.PathLike
+) -> FewShotModel:
+    """The model stored in ``ckpt`` (read from ``path``), after checking that ``config`` and
+    ``in_channels``-channel data build the same shapes."""
+    check_compatible(ckpt, config, in_channels, path)
+    model = build_model(config, in_channels)
+    model.load_state_dict(ckpt["model"])
+    return model

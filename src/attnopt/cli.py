@@ -1,37 +1,30 @@
-"""Command line: ``attnopt train|test|predict|plot|report`` and the seed's
+"""Command line: ``attnopt train|test|predict|plot|report|info|compare`` and the seed's
 ``python main.py --mode train|test``.
 
-Every user error ends with exit status 2 and one line ``error: ...``.
+Every user error ends with exit status 2 and one line ``error: ...``. The flags of train and
+test are built from :class:`attnopt.config.Config`'s fields (help text, defaults, choices),
+and the heavy modules are imported by the command that needs them: ``attnopt --help`` and a
+bad flag answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
-import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from attnopt.checkpoint import load_checkpoint
-from attnopt.config import (
-    AMP_MODES,
-    ATTENTION_MODES,
-    AUGMENT_MODES,
-    BN_MODES,
-    DATA_SETS,
-    resolve,
-)
-from attnopt.errors import UserError
-from attnopt.evaluate import test_checkpoint
-from attnopt.fileio import write_json
-from attnopt.predict import FORMATS
-from attnopt.runtime import printable, select_device
+from attnopt.config import Config, flag, preset_default
+from attnopt.errors import Interrupted, UserError, one_line, printable
 
 log = logging.getLogger("attnopt")
+FORMATS = ("table", "csv", "json")  # attnopt predict --format
+_TYPES = {"int": int, "float": float, "str": str}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,114 +43,39 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    """The seed's flags (same names and meanings) plus attnopt's own. Defaults come from
-    the data set's preset (see attnopt.config), so every flag defaults to None here."""
-    g = p.add_argument_group("episodes")
-    g.add_argument("--n-shot", type=int, help="K, support images per class (5)")
-    g.add_argument("--n-eval", type=int, help="Q, query images per class (15)")
-    g.add_argument("--n-class", type=int, help="N, classes per episode (5)")
-    g = p.add_argument_group("model")
-    g.add_argument("--input-size", type=int, help="meta-learner LSTM input size (4)")
-    g.add_argument("--hidden-size", type=int, help="meta-learner LSTM hidden size (20)")
-    g.add_argument(
-        "--attention",
-        choices=ATTENTION_MODES,
-        help="both = MLAL (default); meta = attention-LSTM meta-learner; learner = "
-        "cross-attention learner; none = Ravi & Larochelle",
-    )
-    g.add_argument(
-        "--attn-chunk", type=int, help="coordinates per meta-learner attention token (64)"
-    )
-    g.add_argument(
-        "--attn-block", type=int, help="conv block (1-4) followed by the cross-attention (3)"
-    )
-    g.add_argument(
-        "--attn-lr-scale",
-        type=float,
-        help="learning rate of the attention meta-parameters relative to --lr (1)",
-    )
-    g.add_argument("--image-size", type=int, help="image side in pixels (28 glyphs, 84 photos)")
-    g.add_argument(
-        "--bn",
-        choices=BN_MODES,
-        help="query BatchNorm statistics: from the support set (default) or the query batch itself",
-    )
-    g.add_argument("--bn-eps", type=float, help="BatchNorm epsilon (1e-3)")
-    g.add_argument(
-        "--bn-momentum",
-        type=float,
-        help="accepted for the seed's scripts; unused: no running statistics",
-    )
-    g = p.add_argument_group("inner loop")
-    g.add_argument("--epoch", type=int, help="passes over the support set (8; 12 for 1-shot)")
-    g.add_argument("--batch-size", type=int, help="inner mini-batch size (N*K)")
-    g = p.add_argument_group("meta-training")
-    g.add_argument("--lr", type=float, help="Adam learning rate (1e-3)")
-    g.add_argument("--grad-clip", type=float, help="meta-gradient norm clip (0.25)")
-    g.add_argument("--episode", type=int, help="meta-training episodes (tasks)")
-    g.add_argument(
-        "--meta-batch",
-        type=int,
-        help="tasks per meta-update, adapted together (1, as in the paper); under torchrun "
-        "split across the processes",
-    )
-    g.add_argument(
-        "--eval-batch",
-        type=int,
-        help="tasks adapted together in validation and test (20 on GPUs, 1 on CPUs)",
-    )
-    g.add_argument(
-        "--amp",
-        choices=AMP_MODES,
-        help="bf16: run the learner's convolutions in bfloat16 (θ and meta-learner stay fp32)",
-    )
-    g.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile the inner loop: faster after a warm-up of tens of seconds "
-        "(needs a C++ compiler on the CPU)",
-    )
-    g.add_argument("--episode-val", type=int, help="validation episodes (100)")
-    g.add_argument("--episode-test", type=int, help="test episodes (600)")
-    g.add_argument("--val-freq", type=int, help="validate every this many episodes")
-    g.add_argument("--log-freq", type=int, help="log every this many episodes (50)")
-    g.add_argument(
-        "--max-bad-steps",
-        type=int,
-        help="stop after this many consecutive non-finite losses or meta-gradients; each "
-        "one's update is skipped (10)",
-    )
-    g = p.add_argument_group("data")
-    g.add_argument("--data", choices=DATA_SETS, help="data set (glyphs: built in)")
-    g.add_argument("--data-root", help="folder with train/, val/, test/")
-    g.add_argument("--cache-dir", help="where decoded images are cached (~/.cache/attnopt)")
-    g.add_argument("--n-workers", type=int, help="threads decoding images (4)")
-    g.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        default=None,
-        help="skip unreadable images (and list them) instead of stopping",
-    )
-    g.add_argument(
-        "--augment",
-        choices=AUGMENT_MODES,
-        help="training-time augmentation: auto (photos: crop/flip/jitter; glyphs: mild "
-        "affine) or none",
-    )
-    g.add_argument("--pin-mem", type=_bool, metavar="BOOL", help="accepted for the seed; unused")
-    g = p.add_argument_group("run")
-    g.add_argument("--save", help="run folder (logs)")
-    g.add_argument("--resume", help="checkpoint to continue from (train) or to evaluate (test)")
-    g.add_argument("--cpu", action="store_true", default=None, help="use the CPU even with a GPU")
-    g.add_argument("--seed", type=int, help="random seed (0)")
-    g.add_argument(
-        "--deterministic",
-        action="store_true",
-        default=None,
-        help="GPU: use deterministic algorithms only (slower); the CPU always is",
-    )
+def _help(field: dataclasses.Field) -> str:
+    """The field's help text with its default, read from the config and the presets."""
+    text = field.metadata["help"]
+    by_data = preset_default(field.name)
+    if by_data:
+        return f"{text} (default by --data: {by_data})"
+    if field.metadata["derived"]:
+        return f"{text} (default: {field.metadata['derived']})"
+    if field.default is None or field.metadata["kind"] in ("switch", "toggle"):
+        return text
+    return f"{text} (default: {field.default})"
+
+
+def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
+    """One flag per Config field (the seed's flags keep their names and meanings). Every
+    flag defaults to None here: what was not given comes from the preset or the checkpoint."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for field in dataclasses.fields(Config):
+        meta = field.metadata
+        if meta["train_only"] and command != "train":
+            continue
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        options: dict = {"dest": field.name, "default": None, "help": _help(field)}
+        if meta["kind"] == "switch":
+            options["action"] = "store_true"
+        elif meta["kind"] == "toggle":
+            options["action"] = argparse.BooleanOptionalAction
+        elif meta["kind"] == "bool":
+            options.update(type=_bool, metavar="BOOL")
+        else:
+            options.update(type=_TYPES[str(field.type).split(" |")[0]], choices=meta["choices"])
+        groups[meta["group"]].add_argument(flag(field.name), **options)
 
 
 def _add_predict_flags(p: argparse.ArgumentParser) -> None:
@@ -169,7 +87,12 @@ def _add_predict_flags(p: argparse.ArgumentParser) -> None:
         help="labelled images: DIR/<class>/<image>, at most as many classes as in training",
     )
     p.add_argument(
-        "--query", required=True, nargs="+", metavar="PATH", help="image files and/or folders"
+        "--query",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="image files and/or folders; a folder DIR/<class>/<image> with the support's "
+        "class names is labelled: accuracy and a confusion matrix follow the predictions",
     )
     p.add_argument("--output", metavar="FILE", help="write the predictions here (CSV) instead")
     p.add_argument(
@@ -180,56 +103,90 @@ def _add_predict_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", action="store_true", help="use the CPU even with a GPU")
 
 
+def command_parser(sub: argparse._SubParsersAction, command: str) -> argparse.ArgumentParser:
+    """The parser of one sub-command."""
+    helps = {
+        "train": "meta-train, then test the best checkpoint",
+        "test": "evaluate a checkpoint on the test split",
+        "predict": "adapt to a folder of labelled images, classify others",
+        "plot": "draw the gate and attention figures of a run",
+        "report": "draw report.png (learning curves), print a summary",
+        "info": "how a checkpoint was trained (reads no data)",
+        "compare": "paired comparison of runs tested on the same episodes",
+    }
+    p = sub.add_parser(command, help=helps[command], description=helps[command])
+    if command in ("train", "test"):
+        _add_settings(p, command)
+    if command == "train":
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a run already in the --save folder (otherwise an error)",
+        )
+    elif command == "predict":
+        _add_predict_flags(p)
+    elif command in ("plot", "report"):
+        p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (--save of a run)")
+    elif command == "info":
+        p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.pt)")
+    elif command == "compare":
+        p.add_argument(
+            "records",
+            nargs="+",
+            metavar="RUN_OR_TEST",
+            help="run folders (their test.json) or test records (evals/*.json); each is "
+            "compared with the first",
+        )
+    return p
+
+
+COMMANDS = ("train", "test", "predict", "plot", "report", "info", "compare")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnopt", description="Few-shot learning with a learned LSTM optimizer.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = sub.add_parser("train", help="meta-train, then test the best checkpoint")
-    _add_run_flags(train)
-    train.add_argument(
-        "--tensorboard",
-        action="store_true",
-        default=None,
-        help='also log scalars to RUN_DIR/tensorboard (pip install "attnopt[tensorboard]")',
-    )
-    _add_run_flags(sub.add_parser("test", help="evaluate a checkpoint on the test split"))
-    _add_predict_flags(
-        sub.add_parser("predict", help="adapt to a folder of labelled images, classify others")
-    )
-    plot = sub.add_parser("plot", help="draw the gate and attention figures of a run")
-    plot.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (--save of a training run)")
-    report = sub.add_parser("report", help="draw report.png (learning curves), print a summary")
-    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (--save of a run)")
+    for command in COMMANDS:
+        command_parser(sub, command)
     return parser
 
 
-def _flags(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k != "command"}
+def _settings(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name in args}
 
 
 def _train(args: argparse.Namespace) -> None:
-    from attnopt.train import train  # imported late: argument errors stay fast
+    from attnopt.api import train
 
-    result = train(resolve(_flags(args)))
+    result = train(overwrite=args.overwrite, **_settings(args))
     if result is not None:  # None on torchrun processes other than rank 0
         print(f"test accuracy {result.test.summary()}")
 
 
 def _test(args: argparse.Namespace) -> None:
+    from attnopt import runfolder
+    from attnopt.checkpoint import load_checkpoint
+    from attnopt.config import resolve
+    from attnopt.evaluation import test_checkpoint
+    from attnopt.runtime import select_device
+
     if not args.resume:
         raise UserError("test needs --resume CKPT, the checkpoint to evaluate")
     ckpt = load_checkpoint(args.resume)
-    config = resolve(_flags(args), base=ckpt["config"])
-    ckpt_path = Path(args.resume)
-    run_dir = (
-        Path(args.save)
-        if args.save
-        else (ckpt_path.parent.parent if ckpt_path.parent.name == "ckpts" else ckpt_path.parent)
-    )
-    result = test_checkpoint(args.resume, config, select_device(config.cpu))
-    write_json(
-        run_dir / "test.json",
-        {**result.to_dict(), "checkpoint": str(ckpt_path), "episode": ckpt["episode"]},
-    )
+    config = resolve(_settings(args), base=ckpt["config"])
+    run_dir = Path(args.save) if args.save else runfolder.run_dir_of(args.resume)
+    device = select_device(config.cpu)
+    log.info("testing %s on %d episodes (%s)", args.resume, config.episode_test, device.type)
+    result = test_checkpoint(args.resume, config, device)
+    record = run_dir / "evals" / f"{runfolder.eval_name(args.resume, config)}.json"
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from attnopt.fileio import os_error_message
+
+        raise UserError(os_error_message("write", record.parent, e)) from None
+    runfolder.write_test_record(record, result, args.resume, ckpt["episode"], run_dir)
+    log.info("wrote %s", record)
     print(f"test accuracy {result.summary()}")
 
 
@@ -255,15 +212,27 @@ def _plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-def one_line(message: str) -> str:
-    """``message`` with control characters and line breaks (from file names, say) escaped,
-    so that an error is always exactly one line."""
-    return "".join(
-        ch.encode("unicode_escape").decode("ascii")
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp")
-        else ch
-        for ch in message
-    )
+def _info(args: argparse.Namespace) -> None:
+    from attnopt.info import describe
+
+    print(describe(args.checkpoint))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from attnopt.compare import compare
+
+    print(compare(args.records))
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; a flag the sub-command does not know is an error pointing to
+    that sub-command's help."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        raise UserError(
+            f"unrecognized arguments: {' '.join(extra)} (see `attnopt {args.command} --help`)"
+        )
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -272,20 +241,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Oversized images are refused with an error line of their own (attnopt.data.decode).
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
         commands = {
             "train": _train,
             "test": _test,
             "predict": _predict,
             "plot": _plot,
             "report": _report,
+            "info": _info,
+            "compare": _compare,
         }
         commands[args.command](args)
     except UserError as e:
         print(printable(f"error: {one_line(str(e))}", sys.stderr), file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(
+            printable(
+                f"interrupted at episode {e.episode}; continue with: attnopt train --resume "
+                f"{e.checkpoint}",
+                sys.stderr,
+            ),
+            file=sys.stderr,
+        )
+        return 130
     except KeyboardInterrupt:
-        print("interrupted; continue with --resume <save>/ckpts/last.pt", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
     return 0
 
@@ -300,9 +281,15 @@ def seed_main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if "-h" in rest or "--help" in rest:
+        shown = known.mode or "train"
+        parser = _Parser(prog="main.py", add_help=False)
+        sub = parser.add_subparsers()
+        help_parser = command_parser(sub, shown)
+        help_parser.prog = f"python main.py --mode {known.mode or 'train|test'}"
+        help_parser.print_help()
+        return 0
     if known.mode is None:
-        if "-h" in rest or "--help" in rest:
-            return main(["--help"])
-        print("error: --mode train|test is required", file=sys.stderr)
+        print("error: --mode train|test is required (see `python main.py --help`)", file=sys.stderr)
         return 2
     return main([known.mode, *rest])

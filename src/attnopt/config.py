@@ -1,12 +1,17 @@
 """Every setting of a run in one dataclass, with presets per data set.
 
-The command line maps onto :class:`Config`; the resolved config is saved as ``config.json``
-in the run folder before training starts and travels inside every checkpoint.
+Each field of :class:`Config` carries what the rest of the program needs to know about it
+(:func:`setting`): its help text and command-line group, whether it fixes the shapes of the
+learned parameters (the *architecture*: a checkpoint only loads into a run that agrees on all
+of them) and whether a resumed run may change it (a *continuation* setting such as
+``--episode``). The command line is built from these fields; the resolved config is saved as
+``config.json`` in the run folder before training starts and travels inside every checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,17 +24,38 @@ AUGMENT_MODES = ("auto", "none")
 ATTENTION_MODES = ("both", "meta", "learner", "none")
 AMP_MODES = ("none", "bf16")
 
-# Settings that fix the shapes of the learned parameters: a checkpoint only loads into a
-# run that agrees on all of them.
-ARCHITECTURE_FIELDS = (
-    "n_class",
-    "image_size",
-    "hidden_size",
-    "input_size",
-    "attention",
-    "attn_chunk",
-    "attn_block",
-)
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    architecture: bool = False,
+    continuation: bool = False,
+    choices: tuple[str, ...] | None = None,
+    train_only: bool = False,
+    kind: str = "value",
+    derived: str | None = None,
+) -> Any:
+    """A Config field with its metadata.
+
+    ``architecture``: fixes parameter shapes (checkpoints must agree). ``continuation``: may
+    differ when a run is resumed. ``train_only``: a flag of ``attnopt train`` alone. ``kind``:
+    how the command line takes it: "value", "switch" (``--cpu``), "toggle" (``--compile`` /
+    ``--no-compile``) or "bool" (``--pin-mem True``, the seed's style). ``derived``: how the
+    default follows other settings, for the help text.
+    """
+    metadata = {
+        "help": help,
+        "group": group,
+        "architecture": architecture,
+        "continuation": continuation,
+        "choices": choices,
+        "train_only": train_only,
+        "kind": kind,
+        "derived": derived,
+    }
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -37,54 +63,181 @@ class Config:
     """One run's settings. Field names are the command-line flags with ``_`` for ``-``."""
 
     # episodes: N-way K-shot with Q queries per class
-    n_class: int = 5
-    n_shot: int = 5
-    n_eval: int = 15
+    n_class: int = setting(5, "N, classes per episode", group="episodes", architecture=True)
+    n_shot: int = setting(5, "K, support images per class", group="episodes")
+    n_eval: int = setting(15, "Q, query images per class", group="episodes")
     # inner loop: `epoch` passes over the support set in mini-batches of `batch_size`
-    epoch: int = 8
-    batch_size: int = 25
-    # meta-learner
-    input_size: int = 4
-    hidden_size: int = 20
-    attention: str = "both"
-    attn_chunk: int = 64
-    attn_block: int = 3  # the cross-attention sits after this conv block (1-4)
-    attn_lr_scale: float = 1.0  # learning rate of the attention meta-parameters / lr
-    # learner
-    image_size: int = 28
-    bn: str = "support"
-    bn_eps: float = 1e-3
-    bn_momentum: float = 0.95  # accepted for the seed's scripts; no running statistics are kept
+    epoch: int = setting(
+        8, "passes over the support set", group="inner loop", derived="8, or 12 for 1-shot"
+    )
+    batch_size: int = setting(
+        25, "inner mini-batch size", group="inner loop", derived="N*K, the whole support set"
+    )
+    # meta-learner and learner
+    input_size: int = setting(
+        4, "meta-learner LSTM input size (must be 4)", group="model", architecture=True
+    )
+    hidden_size: int = setting(
+        20, "meta-learner LSTM hidden size", group="model", architecture=True
+    )
+    attention: str = setting(
+        "both",
+        "both = MLAL; meta = attention-LSTM meta-learner; learner = cross-attention learner; "
+        "none = Ravi & Larochelle",
+        group="model",
+        architecture=True,
+        choices=ATTENTION_MODES,
+    )
+    attn_chunk: int = setting(
+        64, "coordinates per meta-learner attention token", group="model", architecture=True
+    )
+    attn_block: int = setting(
+        3, "conv block (1-4) followed by the cross-attention", group="model", architecture=True
+    )
+    attn_lr_scale: float = setting(
+        1.0, "learning rate of the attention meta-parameters relative to --lr", group="model"
+    )
+    image_size: int = setting(28, "image side in pixels", group="model", architecture=True)
+    bn: str = setting(
+        "support",
+        "query BatchNorm statistics: from the support set, or the query batch itself",
+        group="model",
+        choices=BN_MODES,
+    )
+    bn_eps: float = setting(1e-3, "BatchNorm epsilon", group="model")
+    bn_momentum: float = setting(
+        0.95, "accepted for the seed's scripts; unused: no running statistics", group="model"
+    )
     # meta-training
-    lr: float = 1e-3
-    grad_clip: float = 0.25
-    meta_batch: int = 1  # tasks per meta-update (the paper: 1); `episode` counts tasks
+    lr: float = setting(
+        1e-3,
+        "Adam learning rate (on --resume: applied to the restored optimizer)",
+        group="meta-training",
+        continuation=True,
+    )
+    grad_clip: float = setting(0.25, "meta-gradient norm clip", group="meta-training")
+    meta_batch: int = setting(
+        1,
+        "tasks per meta-update, adapted together (the paper: 1); under torchrun split across "
+        "the processes",
+        group="meta-training",
+    )
+    amp: str = setting(
+        "none",
+        "bf16: the learner's convolutions in bfloat16 (θ and the meta-learner stay fp32)",
+        group="meta-training",
+        choices=AMP_MODES,
+    )
+    compile: bool = setting(
+        False,
+        "torch.compile the inner loop: faster after a warm-up of tens of seconds (needs a "
+        "C++ compiler on the CPU)",
+        group="meta-training",
+        continuation=True,
+        kind="toggle",
+    )
+    episode: int = setting(
+        600, "meta-training episodes (tasks)", group="meta-training", continuation=True
+    )
+    val_freq: int = setting(
+        200, "validate every this many episodes", group="meta-training", continuation=True
+    )
+    log_freq: int = setting(
+        50, "log every this many episodes", group="meta-training", continuation=True
+    )
+    max_bad_steps: int = setting(
+        10,
+        "stop after this many consecutive non-finite losses or meta-gradients (each one's "
+        "update is skipped)",
+        group="meta-training",
+        continuation=True,
+    )
+    save_every: float = setting(
+        10.0,
+        "also write ckpts/last.pt every this many minutes of training (0: after every meta-update)",
+        group="meta-training",
+        continuation=True,
+        train_only=True,
+    )
+    # evaluation
+    episode_val: int = setting(100, "validation episodes", group="evaluation", continuation=True)
+    episode_test: int = setting(
+        600,
+        "test episodes (600 is the protocol; fewer for quick runs)",
+        group="evaluation",
+        continuation=True,
+    )
     # tasks adapted together in validation and test (same results); None: 20 on GPUs, 1 on
     # CPUs, where grouped convolutions over tasks are slower than one task at a time
-    eval_batch: int | None = None
-    amp: str = "none"  # bf16: the learner's convolutions in bfloat16; θ and the LSTM in fp32
-    compile: bool = False  # torch.compile the inner loop's hot paths (attnopt/compilation.py)
-    episode: int = 600
-    episode_val: int = 100
-    episode_test: int = 600
-    val_freq: int = 200
-    log_freq: int = 50
-    max_bad_steps: int = 10  # consecutive non-finite updates before training stops
+    eval_batch: int | None = setting(
+        None,
+        "tasks adapted together in validation and test (20 on GPUs, 1 on CPUs)",
+        group="evaluation",
+        continuation=True,
+    )
     # data
-    data: str = "glyphs"
-    data_root: str | None = None
-    cache_dir: str | None = None
-    n_workers: int = 4
-    skip_bad_images: bool = False
-    augment: str = "auto"
-    pin_mem: bool = False
+    data: str = setting("glyphs", "data set (glyphs: built in)", group="data", choices=DATA_SETS)
+    data_root: str | None = setting(None, "folder of the data set", group="data", continuation=True)
+    cache_dir: str | None = setting(
+        None,
+        "where decoded images are cached (~/.cache/attnopt)",
+        group="data",
+        continuation=True,
+    )
+    n_workers: int = setting(4, "threads decoding images", group="data", continuation=True)
+    skip_bad_images: bool = setting(
+        False,
+        "skip unreadable images (and list them) instead of stopping",
+        group="data",
+        kind="switch",
+    )
+    augment: str = setting(
+        "auto",
+        "training-time augmentation: auto (photos: crop/flip/jitter; glyphs: mild affine) or none",
+        group="data",
+        choices=AUGMENT_MODES,
+    )
+    pin_mem: bool = setting(
+        False, "accepted for the seed; unused", group="data", continuation=True, kind="bool"
+    )
     # run
-    save: str = "logs"
-    resume: str | None = None
-    cpu: bool = False
-    seed: int = 0
-    tensorboard: bool = False  # also log scalars to <save>/tensorboard
-    deterministic: bool = False  # GPU: deterministic kernels only (the CPU always is)
+    save: str = setting(
+        "logs",
+        "run folder (with --resume: the checkpoint's run folder)",
+        group="run",
+        continuation=True,
+    )
+    resume: str | None = setting(
+        None,
+        "checkpoint to continue from (train) or to evaluate (test)",
+        group="run",
+        continuation=True,
+    )
+    init: str | None = setting(
+        None,
+        "start a new run from this checkpoint's weights (fresh optimizer, episode 0)",
+        group="run",
+        train_only=True,
+    )
+    cpu: bool = setting(
+        False, "use the CPU even with a GPU", group="run", continuation=True, kind="switch"
+    )
+    seed: int = setting(0, "random seed", group="run")
+    tensorboard: bool = setting(
+        False,
+        'also log scalars to RUN_DIR/tensorboard (pip install "attnopt[tensorboard]")',
+        group="run",
+        continuation=True,
+        train_only=True,
+        kind="switch",
+    )
+    deterministic: bool = setting(
+        False,
+        "GPU: deterministic algorithms only (slower); the CPU always is",
+        group="run",
+        continuation=True,
+        kind="switch",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +247,20 @@ class Config:
         """Config from a saved dict; unknown keys (from a newer version) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+    def architecture(self) -> dict[str, Any]:
+        """The settings that fix the learned parameters' shapes, by name."""
+        return {f.name: getattr(self, f.name) for f in fields_where("architecture")}
+
+
+def fields_where(key: str) -> list[dataclasses.Field]:
+    """The fields of :class:`Config` whose metadata ``key`` is true."""
+    return [f for f in dataclasses.fields(Config) if f.metadata[key]]
+
+
+def flag(name: str) -> str:
+    """'n_shot' -> '--n-shot'."""
+    return "--" + name.replace("_", "-")
 
 
 # Per data set, on top of the dataclass defaults (which are the built-in data set's quick
@@ -107,15 +274,52 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_default(name: str) -> str | None:
+    """'600 (glyphs), 50000 (miniimagenet, folder)' when the data set's preset sets field
+    ``name``; None when the default is the same for every data set."""
+    if not any(name in preset for preset in PRESETS.values()):
+        return None
+    by_value: dict[Any, list[str]] = {}
+    for data, preset in PRESETS.items():
+        value = preset.get(name, getattr(Config, name))
+        by_value.setdefault(value, []).append(data)
+    return ", ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
+
+
+def _given(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags that were given (not None), after checking that each names a setting."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    for key in flags:
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"unknown setting {key!r}{hint}")
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _with_derived(values: dict[str, Any]) -> Config:
+    """Fill in the defaults that depend on other settings and validate: ``--epoch`` is 12 for
+    1-shot and 8 otherwise, and ``--batch-size`` is the whole support set (N*K), as in the
+    original authors' configuration."""
+    n_shot = values.get("n_shot", Config.n_shot)
+    values.setdefault("epoch", 12 if n_shot == 1 else 8)
+    values.setdefault("batch_size", values.get("n_class", Config.n_class) * n_shot)
+    try:
+        config = Config(**values)
+    except TypeError as e:  # a setting of the wrong kind (e.g. from a damaged file)
+        raise UserError(f"invalid settings: {e}") from None
+    validate(config)
+    return config
+
+
 def resolve(flags: dict[str, Any], base: Config | None = None) -> Config:
     """The Config for the flags a user gave (None = not given) on top of ``base``.
 
-    Without ``base`` the data set's preset supplies what the flags leave out. ``base`` is a
-    checkpoint's config when testing it. Defaults that depend on other settings: ``--epoch``
-    is 12 for 1-shot and 8 otherwise, and ``--batch-size`` is the whole support set (N*K), as
-    in the original authors' configuration; they follow ``--n-shot``/``--n-class``.
+    Without ``base`` (a new run) the data set's preset supplies what the flags leave out.
+    ``base`` is a checkpoint's config when testing it: any flag may change, and ``--epoch``
+    and ``--batch-size`` follow a new ``--n-shot`` or ``--n-class`` unless given.
     """
-    given = {k: v for k, v in flags.items() if v is not None}
+    given = _given(flags)
     data = given.get("data", base.data if base else Config.data)
     if data not in DATA_SETS:
         raise UserError(f"--data {data!r} is not one of {', '.join(DATA_SETS)}")
@@ -127,12 +331,40 @@ def resolve(flags: dict[str, Any], base: Config | None = None) -> Config:
             for derived in ("epoch", "batch_size"):
                 if derived not in given:
                     del values[derived]
-    n_shot = values.get("n_shot", Config.n_shot)
-    values.setdefault("epoch", 12 if n_shot == 1 else 8)
-    values.setdefault("batch_size", values.get("n_class", Config.n_class) * n_shot)
-    config = Config(**values)
-    validate(config)
-    return config
+    return _with_derived(values)
+
+
+def resume_config(flags: dict[str, Any], saved: Config, checkpoint: str, run_dir: str) -> Config:
+    """The Config of a resumed run: the checkpoint's settings (``saved``), with the
+    continuation flags that were given (``--episode``, ``--lr``, ...), saving into ``run_dir``
+    (the checkpoint's run folder) unless ``--save`` says otherwise.
+
+    Any other flag that disagrees with the checkpoint is a UserError: a resumed run is the
+    same run; a new run from the checkpoint's weights is ``--init``.
+    """
+    given = _given(flags)
+    continuation = {f.name for f in fields_where("continuation")}
+    for name, value in given.items():
+        if name not in continuation and value != getattr(saved, name):
+            allowed = ", ".join(flag(n) for n in sorted(continuation - {"resume", "save"}))
+            raise UserError(
+                f"{flag(name)} {value} disagrees with checkpoint {checkpoint}, which was "
+                f"trained with {flag(name)} {getattr(saved, name)}; a resumed run keeps its "
+                f"settings (it may change only {allowed}); to start a new run from its "
+                f"weights, use --init {checkpoint} --save NEW_FOLDER"
+            )
+    return _with_derived({**saved.to_dict(), "save": run_dir, **given, "init": saved.init})
+
+
+def init_config(flags: dict[str, Any], saved: Config) -> Config:
+    """The Config of a new run started from a checkpoint's weights (``--init``): the data
+    set's preset and the flags, with the checkpoint's architecture unless a flag says
+    otherwise (which the weights then must fit)."""
+    given = _given(flags)
+    data = given.get("data", Config.data)
+    if data not in DATA_SETS:
+        raise UserError(f"--data {data!r} is not one of {', '.join(DATA_SETS)}")
+    return _with_derived({**PRESETS[data], **saved.architecture(), **given})
 
 
 def validate(config: Config) -> None:
@@ -158,15 +390,15 @@ def validate(config: Config) -> None:
         raise UserError(f"--eval-batch must be at least 1, got {config.eval_batch}")
     for name in positive:
         if getattr(config, name) < 1:
-            raise UserError(
-                f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}"
-            )
+            raise UserError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
     if not 1 <= config.attn_block <= 4:
         raise UserError(f"--attn-block must be 1, 2, 3 or 4, got {config.attn_block}")
     for name in ("lr", "grad_clip", "bn_eps", "attn_lr_scale"):  # --grad-clip inf: no clipping
         value = getattr(config, name)
         if not value > 0 or (name != "grad_clip" and math.isinf(value)):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+            raise UserError(f"{flag(name)} must be a positive number, got {value}")
+    if not (config.save_every >= 0 and math.isfinite(config.save_every)):
+        raise UserError(f"--save-every must be 0 or more minutes, got {config.save_every}")
     if not 0 <= config.seed < 2**32:
         raise UserError(f"--seed must be between 0 and {2**32 - 1}, got {config.seed}")
     if config.n_class < 2:
@@ -185,17 +417,15 @@ def validate(config: Config) -> None:
             f"--batch-size {config.batch_size} is larger than the support set "
             f"(--n-class x --n-shot = {config.n_class * config.n_shot})"
         )
-    if config.bn not in BN_MODES:
-        raise UserError(f"--bn {config.bn!r} is not one of {', '.join(BN_MODES)}")
-    if config.augment not in AUGMENT_MODES:
-        raise UserError(f"--augment {config.augment!r} is not one of {', '.join(AUGMENT_MODES)}")
-    if config.amp not in AMP_MODES:
-        raise UserError(f"--amp {config.amp!r} is not one of {', '.join(AMP_MODES)}")
-    if config.attention not in ATTENTION_MODES:
-        raise UserError(
-            f"--attention {config.attention!r} is not one of {', '.join(ATTENTION_MODES)}"
-        )
+    for f in dataclasses.fields(Config):
+        choices = f.metadata["choices"]
+        if choices and getattr(config, f.name) not in choices:
+            raise UserError(
+                f"{flag(f.name)} {getattr(config, f.name)!r} is not one of {', '.join(choices)}"
+            )
     if config.data != "glyphs" and not config.data_root:
         raise UserError(
             f"--data {config.data} needs --data-root (the folder holding train/, val/ and test/)"
         )
+    if config.resume and config.init:
+        raise UserError("--resume and --init exclude each other: continue a run, or start one")

@@ -4,7 +4,8 @@ Each process adapts its share of every meta-batch (``--meta-batch`` B is the glo
 B / G tasks per process); the meta-gradients are averaged with one all-reduce, so every
 process takes the same Adam step and G processes compute what one process with meta-batch B
 computes. Episode indices are global: process r of G takes tasks r·B/G .. (r+1)·B/G - 1 of
-each meta-batch. Rank 0 alone logs, validates and writes files.
+each meta-batch. Validation and test episodes are shared out the same way and gathered, so
+every process evaluates and none waits for another; rank 0 alone logs and writes files.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class Processes:
         local = meta_batch // self.world
         start = first + self.rank * local
         return range(start, start + local)
+
+    def share_of(self, episodes: int) -> range:
+        """This process's block of ``episodes`` evaluation episodes: blocks of
+        ceil(episodes / world) in rank order (the last ones shorter or empty)."""
+        block = -(-episodes // self.world)
+        return range(min(self.rank * block, episodes), min((self.rank + 1) * block, episodes))
 
 
 def start(force_cpu: bool, meta_batch: int) -> tuple[Processes, torch.device]:
@@ -77,6 +84,33 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter], procs: Processes
     for p in params:
         p.grad.copy_(flat[offset : offset + p.grad.numel()].view_as(p.grad))
         offset += p.grad.numel()
+
+
+def gather_episodes(scores: torch.Tensor, episodes: int, procs: Processes) -> torch.Tensor:
+    """Per-episode ``scores`` (rows, len(share_of(episodes))) of every process, joined in
+    episode order: (rows, episodes)."""
+    if procs.world == 1:
+        return scores
+    block = -(-episodes // procs.world)
+    padded = scores.new_full((scores.shape[0], block), float("nan"))
+    padded[:, : scores.shape[1]] = scores
+    parts = [torch.empty_like(padded) for _ in range(procs.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts, dim=1)[:, :episodes]  # only the last blocks are padded
+
+
+def any_process(flag: bool, procs: Processes) -> bool:
+    """Whether ``flag`` is true in any process (every process gets the same answer)."""
+    if procs.world == 1:
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors
+    return bool(sum_over_processes(torch.tensor([float(flag)], device=device), procs) > 0)
+
+
+def barrier(procs: Processes) -> None:
+    """Wait until every process gets here."""
+    if procs.world > 1:
+        dist.barrier()
 
 
 def sum_over_processes(values: torch.Tensor, procs: Processes) -> torch.Tensor:

@@ -48,20 +48,44 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc tells it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore it at once
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give ``path`` the permissions a new file (or folder) gets from the umask: temporary
+    files and folders are created private (0600/0700), the renamed result must not be."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
 
-    On any exception the temporary file is removed and ``path`` is left untouched; an
-    OSError (disk full, read-only folder, ...) becomes a UserError naming ``path``.
+    The folder must exist (nothing is created outside what the caller named). The file gets
+    the permissions the umask gives any new file. On any exception the temporary file is
+    removed and ``path`` is left untouched; an OSError (disk full, read-only folder, missing
+    folder, ...) becomes a UserError naming ``path``.
     """
     path = Path(path)
     tmp_path: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
+        apply_umask(tmp_path)
         yield tmp_path
         fsync_path(tmp_path)
         os.replace(tmp_path, path)

@@ -24,9 +24,9 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no display b
 from attnopt.adapt import adapt
 from attnopt.config import Config
 from attnopt.data import load_split
-from attnopt.data.episodes import EVAL_SEED, VAL_STREAM, Episode, EpisodeSampler
+from attnopt.data.episodes import Episode
 from attnopt.errors import UserError
-from attnopt.evaluate import load_trained
+from attnopt.evaluation import eval_sampler, load_trained
 from attnopt.fileio import atomic_path
 from attnopt.models import FewShotModel
 from attnopt.models.metalearner import AttentionMetaLearner, MetaState
@@ -74,11 +74,7 @@ def plot_gates(run_dir: Path) -> Path:
 
 
 def _validation_episode(run_dir: Path, config: Config, device: torch.device) -> Episode:
-    val_set = load_split(config, "val")
-    sampler = EpisodeSampler(
-        val_set, config.n_class, config.n_shot, config.n_eval, EVAL_SEED, VAL_STREAM
-    )
-    return sampler.episode(0, device)
+    return eval_sampler(load_split(config, "val"), config, "val").episode(0, device)
 
 
 def plot_meta_attention(model: FewShotModel, episode: Episode, config: Config, path: Path) -> Path:

@@ -2,6 +2,8 @@
 
 A thin layer over the Python API (:mod:`attnopt.api`): it lists the files, calls
 ``load(...).adapt(...).predict_proba(...)`` and formats the result as a table, CSV or JSON.
+Queries given as folders laid out like the support set (``DIR/<class>/<image>``, with the
+support's class names) are labelled: the accuracy and a confusion matrix come with them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from attnopt.data.decode import is_image_file
 from attnopt.errors import UserError
 from attnopt.fileio import atomic_write
 from attnopt.runtime import select_device
-
-FORMATS = ("table", "csv", "json")
 
 
 def support_set(root: Path) -> tuple[list[Path], list[str]]:
@@ -61,37 +61,99 @@ def query_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
+def query_labels(
+    paths: Sequence[str], files: Sequence[Path], classes: Sequence[str]
+) -> list[str] | None:
+    """The true class of every query file when every ``--query`` path is a folder whose
+    images all sit in sub-folders named like support classes; else None (unlabelled)."""
+    roots = [Path(p) for p in paths]
+    if not all(root.is_dir() for root in roots):
+        return None
+    labels = []
+    for file in files:
+        parent = file.parent
+        if parent.name not in classes or not any(parent.parent == root for root in roots):
+            return None
+        labels.append(parent.name)
+    return labels
+
+
+def confusion(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """counts[i, j]: queries of class ``classes[i]`` predicted as ``classes[j]``."""
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=int)
+    for t, p in zip(truth, predicted, strict=True):
+        counts[index[t], index[p]] += 1
+    return counts
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() + "\n"
+        for r in rows
+    )
+
+
+def accuracy_report(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> str:
+    """The accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    counts = confusion(truth, predicted, classes)
+    correct = int(np.trace(counts))
+    rows = [["true \\ predicted", *classes]]
+    rows += [[c, *map(str, counts[i])] for i, c in enumerate(classes)]
+    return (
+        f"accuracy {100 * correct / len(truth):.2f}% ({correct}/{len(truth)})\n"
+        f"confusion matrix:\n{_table(rows)}"
+    )
+
+
 def format_predictions(
-    paths: Sequence[Path], classes: Sequence[str], probs: np.ndarray, fmt: str
+    paths: Sequence[Path],
+    classes: Sequence[str],
+    probs: np.ndarray,
+    fmt: str,
+    truth: Sequence[str] | None = None,
 ) -> str:
-    """The predictions as a table, CSV (``path,predicted,p_<class>...``) or JSON."""
+    """The predictions as a table, CSV (``path,predicted,p_<class>...``; with ``truth``, a
+    ``label`` column after the path) or JSON (with ``truth``: the rows, the accuracy and the
+    confusion matrix). A table with ``truth`` ends with the accuracy and confusion matrix."""
     predicted = [classes[j] for j in probs.argmax(1)]
+    labels = list(truth) if truth is not None else [None] * len(paths)
     if fmt == "json":
         rows = [
             {
                 "path": str(path),
-                "predicted": label,
+                **({"label": label} if label is not None else {}),
+                "predicted": guess,
                 "probabilities": {c: float(p) for c, p in zip(classes, row, strict=True)},
             }
-            for path, label, row in zip(paths, predicted, probs, strict=True)
+            for path, label, guess, row in zip(paths, labels, predicted, probs, strict=True)
         ]
-        return json.dumps(rows, indent=2) + "\n"
-    header = ["path", "predicted", *(f"p_{c}" for c in classes)]
+        if truth is None:
+            return json.dumps(rows, indent=2) + "\n"
+        counts = confusion(truth, predicted, classes)
+        summary = {
+            "accuracy": 100 * float(np.trace(counts)) / len(truth),
+            "classes": list(classes),
+            "confusion": counts.tolist(),
+            "predictions": rows,
+        }
+        return json.dumps(summary, indent=2) + "\n"
+    header = ["path", *(["label"] if truth is not None else []), "predicted"]
+    header += [f"p_{c}" for c in classes]
     body = [
-        [str(path), label, *(f"{p:.6f}" for p in row)]
-        for path, label, row in zip(paths, predicted, probs, strict=True)
+        [str(path), *([label] if label is not None else []), guess, *(f"{p:.6f}" for p in row)]
+        for path, label, guess, row in zip(paths, labels, predicted, probs, strict=True)
     ]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerows([header, *body])
         return buf.getvalue()
-    body = [[*row[:2], *(f"{float(p):.3f}" for p in row[2:])] for row in body]
-    widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
-    return "".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() + "\n"
-        for r in (header, *body)
-    )
+    named = len(header) - len(classes)
+    body = [[*row[:named], *(f"{float(p):.3f}" for p in row[named:])] for row in body]
+    text = _table([header, *body])
+    return text if truth is None else text + accuracy_report(truth, predicted, classes)
 
 
 def run_predict(
@@ -109,11 +171,19 @@ def run_predict(
     """
     support_paths, labels = support_set(Path(support))
     query_paths = query_files(query)
+    truth = query_labels(query, query_paths, sorted(set(labels)))
     fmt = fmt or ("csv" if output else "table")
+    if output is not None and not Path(output).parent.is_dir():
+        raise UserError(f"--output {output}: the folder {Path(output).parent} does not exist")
     model = load(checkpoint, select_device(cpu))
     task = model.adapt(support_paths, labels)
-    text = format_predictions(query_paths, task.classes, task.predict_proba(query_paths), fmt)
+    probs = task.predict_proba(query_paths)
+    text = format_predictions(query_paths, task.classes, probs, fmt, truth)
     if output is None:
         return text
     atomic_write(output, lambda f: f.write(text))  # an OSError comes back as a UserError
-    return f"wrote {len(query_paths)} predictions ({len(task.classes)} classes) to {output}\n"
+    note = f"wrote {len(query_paths)} predictions ({len(task.classes)} classes) to {output}\n"
+    if truth is not None:
+        predicted = [task.classes[j] for j in probs.argmax(1)]
+        note += accuracy_report(truth, predicted, task.classes)
+    return note

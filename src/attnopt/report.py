@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
 from attnopt.errors import UserError
-from attnopt.evaluate import EvalResult
+from attnopt.evaluation import EvalResult, duration
 from attnopt.plot import save_figure
 
 REQUIRED = ("episode", "split", "loss", "accuracy", "ci95", "elapsed_s")
@@ -64,7 +64,10 @@ def read_metrics(run_dir: Path) -> Metrics:
     except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as e:
         raise UserError(f"{path} is damaged ({e}); retrain or restore it") from None
     if not rows:
-        raise UserError(f"{path} has no rows yet; train for at least --log-freq episodes")
+        raise UserError(
+            f"{path} has no rows yet: the run stopped before its first log line (one every "
+            "--log-freq episodes); resume it with --resume, or report on it later"
+        )
 
     def curve(split: str) -> Curve:
         picked = np.array([r[1:5] for r in rows if r[0] == split], dtype=float).reshape(-1, 4)
@@ -126,17 +129,9 @@ def draw(metrics: Metrics, title: str) -> Figure:
     return fig
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
-
-
 def summarize(metrics: Metrics, test: EvalResult | None) -> str:
     """A few lines: time, best validation accuracy and where, test result if present."""
-    lines = [f"{metrics.last_episode} episodes of meta-training in {_duration(metrics.seconds)}"]
+    lines = [f"{metrics.last_episode} episodes of meta-training in {duration(metrics.seconds)}"]
     val = metrics.val
     if len(val.episode):
         best = int(np.nanargmax(val.accuracy))

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import random
-from typing import TextIO
 
 import numpy as np
 import torch
 
-log = logging.getLogger("attnopt")
-
 
 def select_device(force_cpu: bool, index: int | None = None) -> torch.device:
     """``--cpu`` forces the CPU; otherwise CUDA (GPU ``index``, e.g. torchrun's local rank)
-    when available, else the CPU with a notice."""
+    when available, else the CPU (the run's first log line names the device)."""
     if force_cpu:
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -23,7 +19,6 @@ def select_device(force_cpu: bool, index: int | None = None) -> torch.device:
         # default): θ's update itself is elementwise and stays in full fp32.
         torch.backends.cuda.matmul.allow_tf32 = True
         return torch.device("cuda", index)
-    log.info("CUDA is not available; running on the CPU")
     return torch.device("cpu")
 
 
@@ -47,10 +42,3 @@ def use_deterministic_algorithms(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True)
-
-
-def printable(text: str, stream: TextIO) -> str:
-    """``text`` as ``stream`` can encode it: file names that are not valid UTF-8 (or not in
-    the terminal's encoding) come out as backslash escapes instead of an exception."""
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    return text.encode(encoding, "backslashreplace").decode(encoding)

@@ -24,7 +24,7 @@ import numpy as np
 
 from attnopt.data.imageset import ImageSet
 from attnopt.errors import UserError
-from attnopt.fileio import fsync_path, os_error_message
+from attnopt.fileio import apply_umask, fsync_path, os_error_message
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def cached_imageset(
         entry.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(entry)
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        apply_umask(tmp, directory=True)
         np.save(tmp / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
         np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64))
         (tmp / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")

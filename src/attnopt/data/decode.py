@@ -126,10 +126,10 @@ def decode_images(
     def work(path: Path) -> np.ndarray | None:
         try:
             return decode_image(path, image_size, mode)
-        except UserError:
+        except UserError as e:
             if skip_bad:
                 return None
-            raise
+            raise UserError(f"{e}, or pass --skip-bad-images to leave it out") from None
 
     for i, array in enumerate(_progress_map(work, paths, n_workers, desc)):
         if array is None:

@@ -8,6 +8,8 @@ episodes are the same for every checkpoint. The same holds for training augmenta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,6 +123,25 @@ class EpisodeSampler:
         # Shuffle so that no algorithm can read labels off the order of the images.
         s, qp = rng.permutation(len(support)), rng.permutation(len(query))
         return EpisodeIndices(classes, support[s], support_labels[s], query[qp], query_labels[qp])
+
+    def identity(self, episodes: int) -> str:
+        """A short fingerprint of episodes 0 .. ``episodes``-1: equal for two samplers exactly
+        when they draw the same tasks from the same images (data, N, K, Q, seed, stream, count).
+
+        The images enter through their class names, labels and a sample of their pixels."""
+        images = self.imageset.images
+        digest = hashlib.sha256()
+        for part in (
+            json.dumps(
+                [self.n_class, self.n_shot, self.n_query, self.seed, self.stream, episodes],
+            ),
+            json.dumps(list(self.imageset.class_names), ensure_ascii=False),
+            np.ascontiguousarray(self.imageset.labels, dtype=np.int64).tobytes(),
+            str(images.shape),
+            np.ascontiguousarray(images[:: max(1, len(images) // 512)]).tobytes(),
+        ):
+            digest.update(part.encode() if isinstance(part, str) else part)
+        return digest.hexdigest()[:16]
 
     def augment_seed(self, index: int) -> int:
         """The seed of episode ``index``'s augmentation: independent of its sampling."""

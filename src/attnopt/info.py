@@ -1,0 +1,53 @@
+"""``attnopt info CKPT``: how a checkpoint was trained, read from the checkpoint (and its run
+folder's test.json), without loading any data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from attnopt.checkpoint import load_checkpoint
+from attnopt.config import Config
+from attnopt.runfolder import run_dir_of
+
+MODELS = {
+    "none": "Meta-LSTM (Ravi & Larochelle; --attention none)",
+    "meta": "attention-LSTM meta-learner (--attention meta)",
+    "learner": "cross-attention learner (--attention learner)",
+    "both": "MLAL: attention-LSTM meta-learner and cross-attention learner (--attention both)",
+}
+
+
+def describe(path: str | os.PathLike) -> str:
+    """A few lines: data, task, model, training, best validation and test result."""
+    ckpt = load_checkpoint(path)
+    c: Config = ckpt["config"]
+    params = ckpt["model"]["metalearner.c_init"].numel()
+    data = c.data + (f" ({c.data_root})" if c.data_root else "")
+    lines = [
+        f"checkpoint {path}: episode {ckpt['episode']} of {c.episode}",
+        f"data: {data}, {c.image_size}x{c.image_size}, {ckpt['in_channels']} channel(s)",
+        f"task: {c.n_class}-way {c.n_shot}-shot, {c.n_eval} queries per class; inner loop "
+        f"{c.epoch} passes in mini-batches of {c.batch_size}",
+        f"model: {MODELS[c.attention]}; Conv-4 learner with {params:,} parameters, LSTM "
+        f"hidden size {c.hidden_size}",
+        f"training: lr {c.lr:g}, meta-batch {c.meta_batch}, seed {c.seed}, augment "
+        f"{c.augment}, BatchNorm {c.bn}" + (f", from the weights of {c.init}" if c.init else ""),
+    ]
+    if ckpt["best_episode"]:
+        lines.append(
+            f"best validation: {ckpt['best_accuracy']:.2f}% at episode {ckpt['best_episode']}"
+        )
+    else:
+        lines.append("best validation: none yet")
+    test = run_dir_of(path) / "test.json"
+    try:
+        result = json.loads(test.read_text(encoding="utf-8"))
+        lines.append(
+            f"test ({test}, {result['checkpoint']}): {result['accuracy']:.2f}% ± "
+            f"{result['ci95']:.2f}% ({result['episodes']} episodes, {result['n_class']}-way "
+            f"{result['n_shot']}-shot)"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        lines.append("test: none recorded beside it")
+    return "\n".join(lines)
