@@ -211,3 +211,102 @@ def test_plot_command_redraws_the_figures(trained_run: Path, capsys) -> None:
 def test_plot_of_a_folder_that_is_not_a_run_is_a_user_error(tmp_path: Path, capsys) -> None:
     assert main(["plot", str(tmp_path)]) == 2
     assert str(tmp_path) in error_line(capsys)
+
+
+def test_an_unknown_flag_points_to_the_commands_own_help(capsys) -> None:
+    assert main(["train", "--frobnicate"]) == 2
+    line = error_line(capsys)
+    assert "--frobnicate" in line and "`attnopt train --help`" in line
+
+
+def test_main_py_help_shows_the_mode_flag_and_the_settings(capsys) -> None:
+    assert seed_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python main.py --mode train|test")
+    assert "--n-shot" in out and "attnopt COMMAND" not in out
+
+
+def test_help_shows_the_defaults_of_the_config_and_of_each_data_sets_preset(capsys) -> None:
+    from attnopt.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--hidden-size HIDDEN_SIZE meta-learner LSTM hidden size (default: 20)" in text
+    assert "(default by --data: 600 (glyphs), 50000 (miniimagenet, folder))" in text
+    assert "--max-bad-steps" in text and "--deterministic" in text and "--overwrite" in text
+
+
+def test_a_text_file_named_like_a_checkpoint_says_what_it_is_not(tmp_path: Path, capsys) -> None:
+    notes = tmp_path / "notes.pt"
+    notes.write_text("just some notes\n")
+    assert main(["test", "--resume", str(notes)]) == 2
+    line = error_line(capsys)
+    assert f"{notes} is not an attnopt checkpoint: it is a text file" in line
+
+
+def test_make_config_names_an_unknown_setting() -> None:
+    import attnopt
+
+    with pytest.raises(attnopt.UserError, match="unknown setting 'nshot'; did you mean 'n_shot'"):
+        attnopt.make_config(nshot=1)
+
+
+def test_a_data_error_is_the_only_line_on_stderr(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnopt", "train", "--data", "folder", "--data-root",
+         str(tmp_path / "missing"), "--save", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert str(tmp_path / "missing") in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_import_attnopt_and_help_load_neither_matplotlib_nor_the_compiler() -> None:
+    probe = (
+        "import sys, attnopt\n"
+        "from attnopt.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "heavy = ('matplotlib', 'torch', 'torch._dynamo', 'torch._inductor', 'scipy')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+        "import attnopt.training, attnopt.evaluation\n"
+        "print(callable(attnopt.train), attnopt.training.__name__, attnopt.evaluation.__name__)\n"
+        "print([m for m in ('matplotlib', 'torch._dynamo', 'scipy') if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["[]", "True attnopt.training attnopt.evaluation", "[]"]
+
+
+def test_a_bad_training_image_suggests_skipping_it(folder_dataset: Path, tmp_path: Path, capsys):
+    bad = folder_dataset / "train" / "train_n00000000" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    assert main(["train", *tiny_flags(folder_dataset, tmp_path / "run")]) == 2
+    line = error_line(capsys)
+    assert str(bad) in line and "--skip-bad-images" in line
+
+
+def test_report_on_a_run_stopped_before_its_first_log_line(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(
+        "episode,split,loss,accuracy,ci95,lr,episodes_per_s,elapsed_s\n"
+    )
+    assert main(["report", str(run)]) == 2
+    assert "stopped before its first log line" in error_line(capsys)
+
+
+def test_evaluation_speaks_when_no_progress_bar_is_shown(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import attnopt.evaluation
+
+    monkeypatch.setattr(attnopt.evaluation, "PROGRESS_SECONDS", 0.0)  # a line per episode
+    caplog.set_level("INFO", logger="attnopt")
+    ckpt = trained_run / "ckpts" / "best.pt"
+    assert main(["test", "--resume", str(ckpt), "--episode-test", "3", "--cpu"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test: ")]
+    assert [line.split(" episodes")[0] for line in lines] == ["test: 1/3", "test: 2/3"]
+    assert all("left)" in line for line in lines)

@@ -70,6 +70,7 @@ def test_csv_output_is_written_atomically_and_matches_the_api(
 ) -> None:
     support, query = images
     out = tmp_path / "out" / "preds.csv"
+    out.parent.mkdir()
     files = [str(query / "b.jpg"), str(query / "sub")]
     assert main(_predict(ckpt, support, "--query", *files, "--output", str(out))) == 0
     assert "wrote 2 predictions" in capsys.readouterr().out

@@ -34,6 +34,7 @@ from conftest import make_folder_dataset, make_support, write_image
 
 import attnopt
 import attnopt.pipeline
+from attnopt.cli import _settings as settings
 from attnopt.cli import build_parser, main
 from attnopt.config import resolve
 from attnopt.errors import UserError
@@ -110,7 +111,7 @@ def parse(argv: list[str]) -> None:
     """The real parser, and for train the config validation, accept ``argv``."""
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        resolve({k: v for k, v in vars(args).items() if k != "command"})
+        resolve(settings(args))
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ def setting(
     train_only: bool = False,
     kind: str = "value",
     derived: str | None = None,
+    minimum: int | None = None,
 ) -> Any:
     """A Config field with its metadata.
 
@@ -43,7 +44,8 @@ def setting(
     differ when a run is resumed. ``train_only``: a flag of ``attnopt train`` alone. ``kind``:
     how the command line takes it: "value", "switch" (``--cpu``), "toggle" (``--compile`` /
     ``--no-compile``) or "bool" (``--pin-mem True``, the seed's style). ``derived``: how the
-    default follows other settings, for the help text.
+    default follows other settings, for the help text. ``minimum``: the smallest value
+    allowed (None is allowed too when it is the default).
     """
     metadata = {
         "help": help,
@@ -54,6 +56,7 @@ def setting(
         "train_only": train_only,
         "kind": kind,
         "derived": derived,
+        "minimum": minimum,
     }
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -63,22 +66,36 @@ class Config:
     """One run's settings. Field names are the command-line flags with ``_`` for ``-``."""
 
     # episodes: N-way K-shot with Q queries per class
-    n_class: int = setting(5, "N, classes per episode", group="episodes", architecture=True)
-    n_shot: int = setting(5, "K, support images per class", group="episodes")
-    n_eval: int = setting(15, "Q, query images per class", group="episodes")
+    n_class: int = setting(
+        5, "N, classes per episode", group="episodes", architecture=True, minimum=2
+    )
+    n_shot: int = setting(5, "K, support images per class", group="episodes", minimum=1)
+    n_eval: int = setting(15, "Q, query images per class", group="episodes", minimum=1)
     # inner loop: `epoch` passes over the support set in mini-batches of `batch_size`
     epoch: int = setting(
-        8, "passes over the support set", group="inner loop", derived="8, or 12 for 1-shot"
+        8,
+        "passes over the support set",
+        group="inner loop",
+        derived="8, or 12 for 1-shot",
+        minimum=1,
     )
     batch_size: int = setting(
-        25, "inner mini-batch size", group="inner loop", derived="N*K, the whole support set"
+        25,
+        "inner mini-batch size",
+        group="inner loop",
+        derived="N*K, the whole support set",
+        minimum=1,
     )
     # meta-learner and learner
     input_size: int = setting(
         4, "meta-learner LSTM input size (must be 4)", group="model", architecture=True
     )
     hidden_size: int = setting(
-        20, "meta-learner LSTM hidden size", group="model", architecture=True
+        20,
+        "meta-learner LSTM hidden size",
+        group="model",
+        architecture=True,
+        minimum=1,
     )
     attention: str = setting(
         "both",
@@ -89,7 +106,11 @@ class Config:
         choices=ATTENTION_MODES,
     )
     attn_chunk: int = setting(
-        64, "coordinates per meta-learner attention token", group="model", architecture=True
+        64,
+        "coordinates per meta-learner attention token",
+        group="model",
+        architecture=True,
+        minimum=1,
     )
     attn_block: int = setting(
         3, "conv block (1-4) followed by the cross-attention", group="model", architecture=True
@@ -121,6 +142,7 @@ class Config:
         "tasks per meta-update, adapted together (the paper: 1); under torchrun split across "
         "the processes",
         group="meta-training",
+        minimum=1,
     )
     amp: str = setting(
         "none",
@@ -137,13 +159,25 @@ class Config:
         kind="toggle",
     )
     episode: int = setting(
-        600, "meta-training episodes (tasks)", group="meta-training", continuation=True
+        600,
+        "meta-training episodes (tasks)",
+        group="meta-training",
+        continuation=True,
+        minimum=1,
     )
     val_freq: int = setting(
-        200, "validate every this many episodes", group="meta-training", continuation=True
+        200,
+        "validate every this many episodes",
+        group="meta-training",
+        continuation=True,
+        minimum=1,
     )
     log_freq: int = setting(
-        50, "log every this many episodes", group="meta-training", continuation=True
+        50,
+        "log every this many episodes",
+        group="meta-training",
+        continuation=True,
+        minimum=1,
     )
     max_bad_steps: int = setting(
         10,
@@ -151,6 +185,7 @@ class Config:
         "update is skipped)",
         group="meta-training",
         continuation=True,
+        minimum=1,
     )
     save_every: float = setting(
         10.0,
@@ -160,12 +195,15 @@ class Config:
         train_only=True,
     )
     # evaluation
-    episode_val: int = setting(100, "validation episodes", group="evaluation", continuation=True)
+    episode_val: int = setting(
+        100, "validation episodes", group="evaluation", continuation=True, minimum=1
+    )
     episode_test: int = setting(
         600,
         "test episodes (600 is the protocol; fewer for quick runs)",
         group="evaluation",
         continuation=True,
+        minimum=1,
     )
     # tasks adapted together in validation and test (same results); None: 20 on GPUs, 1 on
     # CPUs, where grouped convolutions over tasks are slower than one task at a time
@@ -174,6 +212,7 @@ class Config:
         "tasks adapted together in validation and test (20 on GPUs, 1 on CPUs)",
         group="evaluation",
         continuation=True,
+        minimum=1,
     )
     # data
     data: str = setting("glyphs", "data set (glyphs: built in)", group="data", choices=DATA_SETS)
@@ -184,7 +223,9 @@ class Config:
         group="data",
         continuation=True,
     )
-    n_workers: int = setting(4, "threads decoding images", group="data", continuation=True)
+    n_workers: int = setting(
+        4, "threads decoding images", group="data", continuation=True, minimum=1
+    )
     skip_bad_images: bool = setting(
         False,
         "skip unreadable images (and list them) instead of stopping",
@@ -369,28 +410,16 @@ def init_config(flags: dict[str, Any], saved: Config) -> Config:
 
 def validate(config: Config) -> None:
     """Raise UserError naming the first flag with an impossible value."""
-    positive = (
-        "n_class",
-        "n_shot",
-        "n_eval",
-        "epoch",
-        "batch_size",
-        "hidden_size",
-        "episode",
-        "episode_val",
-        "episode_test",
-        "val_freq",
-        "log_freq",
-        "max_bad_steps",
-        "n_workers",
-        "attn_chunk",
-        "meta_batch",
-    )
-    if config.eval_batch is not None and config.eval_batch < 1:
-        raise UserError(f"--eval-batch must be at least 1, got {config.eval_batch}")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise UserError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
+    for f in dataclasses.fields(Config):
+        value, minimum, choices = (
+            getattr(config, f.name),
+            f.metadata["minimum"],
+            f.metadata["choices"],
+        )
+        if minimum is not None and value is not None and value < minimum:
+            raise UserError(f"{flag(f.name)} must be at least {minimum}, got {value}")
+        if choices and value not in choices:
+            raise UserError(f"{flag(f.name)} {value!r} is not one of {', '.join(choices)}")
     if not 1 <= config.attn_block <= 4:
         raise UserError(f"--attn-block must be 1, 2, 3 or 4, got {config.attn_block}")
     for name in ("lr", "grad_clip", "bn_eps", "attn_lr_scale"):  # --grad-clip inf: no clipping
@@ -401,8 +430,6 @@ def validate(config: Config) -> None:
         raise UserError(f"--save-every must be 0 or more minutes, got {config.save_every}")
     if not 0 <= config.seed < 2**32:
         raise UserError(f"--seed must be between 0 and {2**32 - 1}, got {config.seed}")
-    if config.n_class < 2:
-        raise UserError(f"--n-class must be at least 2, got {config.n_class}")
     if config.input_size != 4:
         raise UserError(
             f"--input-size must be 4 ([preprocessed loss, preprocessed gradient]), "
@@ -417,12 +444,6 @@ def validate(config: Config) -> None:
             f"--batch-size {config.batch_size} is larger than the support set "
             f"(--n-class x --n-shot = {config.n_class * config.n_shot})"
         )
-    for f in dataclasses.fields(Config):
-        choices = f.metadata["choices"]
-        if choices and getattr(config, f.name) not in choices:
-            raise UserError(
-                f"{flag(f.name)} {getattr(config, f.name)!r} is not one of {', '.join(choices)}"
-            )
     if config.data != "glyphs" and not config.data_root:
         raise UserError(
             f"--data {config.data} needs --data-root (the folder holding train/, val/ and test/)"

@@ -107,6 +107,11 @@ def any_process(flag: bool, procs: Processes) -> bool:
     return bool(sum_over_processes(torch.tensor([float(flag)], device=device), procs) > 0)
 
 
+def all_processes(flag: bool, procs: Processes) -> bool:
+    """Whether ``flag`` is true in every process."""
+    return not any_process(not flag, procs)
+
+
 def barrier(procs: Processes) -> None:
     """Wait until every process gets here."""
     if procs.world > 1:

@@ -55,7 +55,7 @@ def test_best(
             trained.run_dir / "test.json", result, best, trained.best_episode, trained.run_dir
         )
     log.info("best val accuracy %.2f%% at episode %d", trained.best_accuracy, trained.best_episode)
-    log.info("test accuracy %s", result.summary())
+    log.info("test of %s: %s", best.relative_to(trained.run_dir), result.summary())
     return result
 
 

@@ -173,8 +173,10 @@ def run_predict(
     query_paths = query_files(query)
     truth = query_labels(query, query_paths, sorted(set(labels)))
     fmt = fmt or ("csv" if output else "table")
-    if output is not None and not Path(output).parent.is_dir():
-        raise UserError(f"--output {output}: the folder {Path(output).parent} does not exist")
+    folder = Path(output).parent if output is not None else None
+    if folder is not None and not folder.is_dir():  # before the work, and nothing created
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"cannot write {output}: {folder} {why}")
     model = load(checkpoint, select_device(cpu))
     task = model.adapt(support_paths, labels)
     probs = task.predict_proba(query_paths)

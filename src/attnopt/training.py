@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -32,7 +33,7 @@ from attnopt.data.episodes import Episode, EpisodeSampler
 from attnopt.data.prefetch import prefetch
 from attnopt.distributed import Processes
 from attnopt.errors import Interrupted, UserError
-from attnopt.evaluation import EvalResult, eval_sampler, evaluate
+from attnopt.evaluation import eval_sampler, evaluate
 from attnopt.guard import DivergenceGuard
 from attnopt.models import FewShotModel, build_model
 from attnopt.objective import EpisodeScore, InnerLoop, meta_update, score_episodes
@@ -156,9 +157,157 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
+class _Clock:
+    """A run's wall time: since the start, in the current logging window (validation
+    excluded) and since ckpts/last.pt was last written."""
+
+    def __init__(self) -> None:
+        self.start = self.window = self.saved = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def take_window(self) -> float:
+        """Seconds of meta-training in the logging window that ends now."""
+        now = time.perf_counter()
+        seconds, self.window = now - self.window, now
+        return seconds
+
+    def exclude(self, since: float) -> None:
+        """Leave the time since ``since`` (a validation) out of the logging window."""
+        self.window += time.perf_counter() - since
+
+    def saved_now(self) -> None:
+        self.saved = time.perf_counter()
+
+    def save_due(self, minutes: float) -> bool:
+        return time.perf_counter() - self.saved >= 60 * minutes
+
+
+class _Run:
+    """What the steps of one meta-training run share (set up by :func:`_start`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        procs: Processes,
+        device: torch.device,
+        run_log: RunLog,
+        state: TrainingState,
+        samplers: tuple[EpisodeSampler, EpisodeSampler],
+    ) -> None:
+        self.config, self.procs, self.device, self.run_log = config, procs, device, run_log
+        self.state, (self.train_sampler, self.val_sampler) = state, samplers
+        self.run_dir = Path(config.save)
+        self.channels = self.train_sampler.imageset.channels
+        self.inner = InnerLoop.of(config)
+        self.clock = _Clock()
+        self.val_seconds = float("nan")  # per validation episode, for the test's estimate
+        if config.compile:
+            from attnopt.compilation import compile_model  # torch.compile: only when asked for
+
+            compile_model(state.model)
+        # training episodes only
+        self.augment = make_augmentation(config.augment, self.channels, config.image_size)
+
+    def batches(self, firsts: range) -> Iterator[Episode]:
+        """The meta-batch of episodes starting at each of ``firsts`` (this process's share).
+        On a GPU the next one is assembled while the current meta-update runs; on the CPU a
+        second thread only competes with torch's own threads (measured 38% slower)."""
+
+        def meta_batch(first: int) -> Episode:
+            share = self.procs.share(first, self.config.meta_batch)
+            return self.train_sampler.episodes(share, self.device, self.augment)
+
+        return (
+            prefetch(meta_batch, firsts) if self.device.type == "cuda" else map(meta_batch, firsts)
+        )
+
+    def meta_step(self, episodes: Episode, episode: int, record_gates: bool) -> None:
+        """One meta-update; ``episode`` counts the tasks seen after it."""
+        self.state.episode = episode
+        gates = self.run_log.gate_recorder(record_gates)
+        score = score_episodes(self.state.model, episodes, self.inner, gates)
+        if meta_update(self.state.guard, score.loss, episode, self.procs):
+            self.state.record(score)
+
+    def log_window(self) -> None:
+        lr = self.state.optimizer.param_groups[0]["lr"]
+        loss, accuracy, tasks = self.state.take_window(self.procs)
+        self.run_log.train(
+            self.state.episode,
+            loss,
+            accuracy,
+            tasks,
+            lr,
+            self.clock.take_window(),
+            self.clock.elapsed(),
+        )
+
+    def save(self, name: str) -> None:
+        """Write ckpts/``name`` (rank 0 only)."""
+        if self.procs.is_main:
+            save_checkpoint(
+                self.run_dir / "ckpts" / name,
+                config=self.config,
+                in_channels=self.channels,
+                model=self.state.model.state_dict(),
+                **self.state.state_dict(),
+            )
+        self.clock.saved_now()
+
+    def validate_and_checkpoint(self) -> None:
+        """Validate (every process its share) and log it; write ckpts/best.pt when the
+        accuracy is the best so far, and ckpts/last.pt."""
+        since, state = time.perf_counter(), self.state
+        val = evaluate(
+            state.model,
+            self.val_sampler,
+            self.config,
+            self.config.episode_val,
+            self.device,
+            "val",
+            self.procs,
+        )
+        log.info("episode %d  val acc %s", state.episode, val.summary())
+        self.run_log.row(
+            state.episode,
+            "val",
+            loss=val.loss,
+            accuracy=val.accuracy,
+            ci95=val.ci95,
+            elapsed_s=since - self.clock.start,
+        )
+        if val.accuracy > state.best_accuracy:
+            state.best_accuracy, state.best_episode = val.accuracy, state.episode
+            self.save("best.pt")
+        self.save("last.pt")
+        self.val_seconds = val.seconds / val.episodes
+        self.clock.exclude(since)
+
+    def stop(self) -> None:
+        """SIGINT/SIGTERM: save ckpts/last.pt and raise :class:`Interrupted`."""
+        self.save("last.pt")
+        last = self.run_dir / "ckpts" / "last.pt"
+        log.info("interrupted at episode %d; saved %s", self.state.episode, last)
+        raise Interrupted(self.state.episode, str(last))
+
+    def finished(self) -> TrainedRun:
+        skipped = self.state.guard.skipped
+        if skipped:
+            log.warning("%d updates skipped: non-finite loss or meta-gradient", skipped)
+        return TrainedRun(
+            self.run_dir,
+            self.state.best_accuracy,
+            self.state.best_episode,
+            self.clock.elapsed(),
+            self.val_seconds,
+        )
+
+
 def _start(
     config: Config, procs: Processes, device: torch.device, run_log: RunLog, overwrite: bool
-) -> tuple[TrainingState, EpisodeSampler, EpisodeSampler, Path]:
+) -> _Run:
     """Everything the loop needs, in an order that fails early: the run folder is checked
     before any data is read and created only once everything else has worked."""
     if procs.is_main:
@@ -178,73 +327,29 @@ def _start(
     if config.resume:
         state.load_state_dict(ckpt, config.resume)
         state.set_learning_rate(config.lr, config.attn_lr_scale)
-    run_dir = Path(config.save)
+    has_best = True
     if procs.is_main:
         has_best = runfolder.create(config, overwrite)
         keep_until = state.episode if config.resume else None
-        run_log.open(run_dir, model.learner, keep_until, config.tensorboard)
+        run_log.open(Path(config.save), model.learner, keep_until, config.tensorboard)
         if config.resume:
             log.info("resumed from %s at episode %d", config.resume, state.episode)
-            if ckpt["optimizer"] and config.lr != ckpt["config"].lr:
+            if config.lr != ckpt["config"].lr:
                 log.info("learning rate %g (was %g)", config.lr, ckpt["config"].lr)
         elif config.init:
             log.info("new run from the weights of %s", config.init)
-    else:
-        has_best = True
-    if not distributed.any_process(has_best, procs) and state.best_episode:
-        log.warning(
-            "no ckpts/best.pt to continue from: the best is chosen among the remaining validations"
-        )
+    if not distributed.all_processes(has_best, procs) and state.best_episode:
+        log.warning("no ckpts/best.pt to continue from: the best is chosen among the rest")
         state.best_accuracy, state.best_episode = -1.0, 0
     log.info(
         "meta-training %d-way %d-shot on %s (%d train classes), %d parameters in the "
         "learner, meta-batch %d%s, device %s",
-        config.n_class,
-        config.n_shot,
-        train_set.source,
-        len(train_set.class_names),
-        model.learner.num_params,
-        config.meta_batch,
-        f" over {procs.world} processes" if procs.world > 1 else "",
-        device.type,
-    )
-    return state, train_sampler, eval_sampler(val_set, config, "val"), run_dir
-
-
-def _save(state: TrainingState, config: Config, channels: int, path: Path) -> None:
-    save_checkpoint(
-        path,
-        config=config,
-        in_channels=channels,
-        model=state.model.state_dict(),
-        **state.state_dict(),
-    )
-
-
-def _validate_and_checkpoint(
-    state: TrainingState,
-    sampler: EpisodeSampler,
-    config: Config,
-    device: torch.device,
-    procs: Processes,
-    run_log: RunLog,
-    elapsed: float,
-) -> EvalResult:
-    """Validate (every process its share), log it, and on rank 0 write ckpts/best.pt when
-    the accuracy is the best so far, and ckpts/last.pt."""
-    val = evaluate(state.model, sampler, config, config.episode_val, device, "val", procs)
-    log.info("episode %d  val acc %s", state.episode, val.summary())
-    run_log.row(
-        state.episode, "val", loss=val.loss, accuracy=val.accuracy, ci95=val.ci95, elapsed_s=elapsed
-    )
-    channels = sampler.imageset.channels
-    if val.accuracy > state.best_accuracy:
-        state.best_accuracy, state.best_episode = val.accuracy, state.episode
-        if procs.is_main:
-            _save(state, config, channels, Path(config.save) / "ckpts" / "best.pt")
-    if procs.is_main:
-        _save(state, config, channels, Path(config.save) / "ckpts" / "last.pt")
-    return val
+        config.n_class, config.n_shot, train_set.source, len(train_set.class_names),
+        model.learner.num_params, config.meta_batch,
+        f" over {procs.world} processes" if procs.world > 1 else "", device.type,
+    )  # fmt: skip
+    val_sampler = eval_sampler(val_set, config, "val")
+    return _Run(config, procs, device, run_log, state, (train_sampler, val_sampler))
 
 
 def meta_train(
@@ -257,58 +362,21 @@ def meta_train(
     """Meta-train as ``config`` says, validating every ``--val-freq`` episodes (and at the
     end) and keeping ckpts/best.pt and ckpts/last.pt in the run folder. Raises
     :class:`Interrupted` after saving when SIGINT/SIGTERM asks it to stop."""
-    state, train_sampler, val_sampler, run_dir = _start(config, procs, device, run_log, overwrite)
-    channels, last = train_sampler.imageset.channels, run_dir / "ckpts" / "last.pt"
-    model, inner = state.model, InnerLoop.of(config)
-    if config.compile:
-        from attnopt.compilation import compile_model  # torch.compile: only when asked for
-
-        compile_model(model)
-    augment = make_augmentation(config.augment, channels, config.image_size)  # training only
-    t0 = window_t0 = saved_t = time.perf_counter()
-    val_seconds = float("nan")
-    firsts = range(state.episode, config.episode, config.meta_batch)
-
-    def meta_batch(first: int) -> Episode:
-        return train_sampler.episodes(procs.share(first, config.meta_batch), device, augment)
-
-    # On a GPU the next episodes are assembled while the current meta-update runs; on the CPU
-    # a second thread only competes with torch's own threads (measured 38% slower).
-    batches = prefetch(meta_batch, firsts) if device.type == "cuda" else map(meta_batch, firsts)
-    with StopOnSignal() as stop, run_log.progress(config.episode, state.episode) as bar:
-        for first, episodes in zip(firsts, batches, strict=True):
-            state.episode = first + config.meta_batch  # tasks seen after this meta-update
-            end = state.episode >= config.episode
-            log_now = _crossed(first, state.episode, config.log_freq) or end
-            score = score_episodes(model, episodes, inner, run_log.gate_recorder(log_now))
-            if meta_update(state.guard, score.loss, state.episode, procs):
-                state.record(score)
+    run = _start(config, procs, device, run_log, overwrite)
+    firsts = range(run.state.episode, config.episode, config.meta_batch)
+    with StopOnSignal() as stop, run_log.progress(config.episode, run.state.episode) as bar:
+        for first, episodes in zip(firsts, run.batches(firsts), strict=True):
+            episode = first + config.meta_batch  # tasks seen after this meta-update
+            end = episode >= config.episode
+            log_now = _crossed(first, episode, config.log_freq) or end
+            run.meta_step(episodes, episode, record_gates=log_now)
             bar.update(config.meta_batch)
             if log_now:
-                now = time.perf_counter()
-                lr = state.optimizer.param_groups[0]["lr"]
-                run_log.train(
-                    state.episode, *state.take_window(procs), lr, now - window_t0, now - t0
-                )
-                window_t0 = now
-            if _crossed(first, state.episode, config.val_freq) or end:
-                val_t0 = time.perf_counter()
-                val = _validate_and_checkpoint(
-                    state, val_sampler, config, device, procs, run_log, val_t0 - t0
-                )
-                val_seconds = val.seconds / max(val.episodes, 1)
-                saved_t = time.perf_counter()
-                window_t0 += saved_t - val_t0
-            elif procs.is_main and time.perf_counter() - saved_t >= 60 * config.save_every:
-                _save(state, config, channels, last)
-                saved_t = time.perf_counter()
+                run.log_window()
+            if _crossed(first, episode, config.val_freq) or end:
+                run.validate_and_checkpoint()
+            elif run.clock.save_due(config.save_every):
+                run.save("last.pt")
             if distributed.any_process(stop.requested, procs) and not end:
-                if procs.is_main:
-                    _save(state, config, channels, last)
-                    log.info("interrupted at episode %d; saved %s", state.episode, last)
-                raise Interrupted(state.episode, str(last))
-    if state.guard.skipped:
-        log.warning("%d updates skipped: non-finite loss or meta-gradient", state.guard.skipped)
-    return TrainedRun(
-        run_dir, state.best_accuracy, state.best_episode, time.perf_counter() - t0, val_seconds
-    )
+                run.stop()
+    return run.finished()
