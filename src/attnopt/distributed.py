@@ -65,10 +65,12 @@ def start(force_cpu: bool, meta_batch: int) -> tuple[Processes, torch.device]:
     return Processes(dist.get_rank(), dist.get_world_size()), device
 
 
-def stop() -> None:
-    """Leave the process group (all processes wait for each other first)."""
+def stop(failed: bool = False) -> None:
+    """Leave the process group: after waiting for the others, or at once when this process
+    ``failed`` (the others then fail in their next collective instead of waiting for it)."""
     if dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -79,6 +79,7 @@ def train_and_test(config: Config, overwrite: bool = False) -> TrainResult | Non
 
         summary_writer()  # a missing package is an error before anything starts
     procs, device = distributed.start(config.cpu, config.meta_batch)
+    failed = True
     try:
         if config.deterministic:
             use_deterministic_algorithms(device)
@@ -90,6 +91,7 @@ def train_and_test(config: Config, overwrite: bool = False) -> TrainResult | Non
             trained = meta_train(config, procs, device, run_log, overwrite)
             distributed.barrier(procs)  # rank 0 has written ckpts/best.pt
             test = test_best(trained, config, device, procs)
+        failed = False
     except RuntimeError as e:
         if config.deterministic and "deterministic" in str(e):
             raise UserError(
@@ -97,7 +99,7 @@ def train_and_test(config: Config, overwrite: bool = False) -> TrainResult | Non
             ) from None
         raise
     finally:
-        distributed.stop()
+        distributed.stop(failed)
     if not procs.is_main:
         return None
     draw_figures(trained.run_dir, device)
