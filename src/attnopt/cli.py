@@ -22,6 +22,7 @@ from attnopt.config import (
     ATTENTION_MODES,
     AUGMENT_MODES,
     BN_MODES,
+    CROP_MODES,
     DATA_SETS,
     resolve,
 )
@@ -131,7 +132,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=DATA_SETS, help="data set (glyphs: built in)")
-    g.add_argument("--data-root", help="folder with train/, val/, test/")
+    g.add_argument("--data-root", help="the data set's folder (see README)")
+    g.add_argument(
+        "--crop", choices=CROP_MODES, help="bbox: cut CUB photos to their bounding boxes (none)"
+    )
     g.add_argument("--cache-dir", help="where decoded images are cached (~/.cache/attnopt)")
     g.add_argument("--n-workers", type=int, help="threads decoding images (4)")
     g.add_argument(
