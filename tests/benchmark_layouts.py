@@ -186,16 +186,20 @@ def write_cifar_split_pickles(
 
 # --- Omniglot ------------------------------------------------------------------------------
 
-OMNIGLOT_CHARACTERS = {  # folder -> alphabet -> characters; their splits in the comments
+# folder -> alphabet -> characters (their splits in the comments): 5 characters, so 20
+# classes with the rotations, per split.
+OMNIGLOT_CHARACTERS = {
     "images_background": {
         "Greek": ["character01", "character02"],  # train
         "Hebrew": ["character01", "character02"],  # val
+        "Armenian": ["character01", "character02", "character03"],  # val
         "Latin": ["character01", "character02"],  # train
     },
     "images_evaluation": {
         "Gurmukhi": ["character41", "character42", "character45"],  # train, test, test
         "Keble": ["character01"],  # test
         "Mongolian": ["character03"],  # test
+        "Tengwar": ["character07"],  # test
     },
 }
 
