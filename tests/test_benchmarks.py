@@ -25,6 +25,7 @@ from PIL import Image
 
 from attnopt.config import PRESETS, Config, resolve
 from attnopt.data import decode, load_split
+from attnopt.data.cache import ImageWriter
 from attnopt.data.cifar_splits import CIFAR_FS, FC100, FC100_SUPERCLASSES, FINE_NAMES, SUPERCLASSES
 from attnopt.data.cub import class_split
 from attnopt.data.omniglot import SPLIT_OF_ALPHABET, character_split
@@ -356,3 +357,21 @@ class TestPresets:
             resolve({"data": "cifarfs", "data_root": "x", "crop": "bbox"})
         with pytest.raises(UserError, match=r"--crop 'box'"):
             resolve({"data": "cub", "data_root": "x", "crop": "box"})
+
+
+class TestImageWriter:
+    @pytest.mark.parametrize("written", [0, 2, 5])
+    def test_the_file_holds_exactly_the_images_written(self, tmp_path, written) -> None:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (written, 4, 3, 2), dtype=np.uint8)
+        path = tmp_path / "images.npy"
+        with ImageWriter(path, 5, (4, 3, 2)) as writer:
+            for chunk in np.array_split(images, 2):
+                writer.append(chunk)
+        assert np.array_equal(np.load(path), images)
+        assert [p.name for p in tmp_path.iterdir()] == ["images.npy"]
+
+    def test_more_images_than_its_capacity_are_refused(self, tmp_path) -> None:
+        with ImageWriter(tmp_path / "images.npy", 2, (1, 1, 1)) as writer:
+            with pytest.raises(ValueError):
+                writer.append(np.zeros((3, 1, 1, 1), np.uint8))
