@@ -3,9 +3,8 @@ first episode once the cache exists.
 
 Writes a synthetic split in the layout of the original release (``train_images_png.pkl``: a
 list of PNG-encoded 84x84 photos as uint8 arrays, ``train_labels.pkl``: a class per 300
-images, at most 351), then
-builds the cache in a fresh process per run and prints one line per measurement (medians of
---repeats runs). Never run by CI.
+images, at most 351), then builds the cache in a fresh process per run and prints one line
+per measurement (medians of --repeats runs). Never run by CI.
 
     python benchmarks/tiered_cache.py                     # 100,000 images
     python benchmarks/tiered_cache.py --images 20000 --workers 2 4

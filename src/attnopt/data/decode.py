@@ -1,7 +1,9 @@
 """Decoding image files into fixed-size uint8 arrays, in parallel, with a progress bar.
 
 :func:`cached_decode` turns a list of image files into a cached ImageSet; the folder and
-split-CSV layouts only list their files and labels and hand them to it.
+split-CSV layouts only list their files and labels and hand them to it. Images are decoded in
+chunks (:func:`decode_chunks`) and written into the cache as they come
+(:func:`write_decoded`), so no build holds a whole decoded set in memory.
 """
 
 from __future__ import annotations
@@ -128,14 +130,14 @@ def map_chunks(work: Callable[[int, int], R], count: int, n_workers: int, desc: 
     bounds = iter([(i, min(i + CHUNK, count)) for i in range(0, count, CHUNK)])
     pending: deque[tuple[int, Future[R]]] = deque()
     pool = ThreadPoolExecutor(workers)
+
+    def submit() -> None:
+        chunk = next(bounds, None)
+        if chunk is not None:
+            pending.append((chunk[1] - chunk[0], pool.submit(work, *chunk)))
+
     bar = tqdm(total=count, desc=desc, unit="img", leave=False, mininterval=0.5, disable=None)
     try:
-
-        def submit() -> None:
-            chunk = next(bounds, None)
-            if chunk is not None:
-                pending.append((chunk[1] - chunk[0], pool.submit(work, *chunk)))
-
         for _ in range(2 * workers):
             submit()
         while pending:
