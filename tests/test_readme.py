@@ -7,9 +7,10 @@ set cut down:
 
 - ``attnopt ...`` (and ``python main.py --mode ...``) commands run in-process, with tiny-size
   flags appended (``TINY``; later flags win), except those that need what a test cannot
-  have, which the real argument parser and config validation check instead: mini-ImageNet
-  (``data/miniImagenet``), a GPU (``torchrun``, ``--meta-batch``, ``--amp``), or an optional
-  package that is not installed (``--tensorboard``);
+  have, which the real argument parser and config validation check instead: a downloaded
+  data set (``--data-root data/...``, such as ``data/miniImagenet``), a GPU (``torchrun``,
+  ``--meta-batch``, ``--amp``), or an optional package that is not installed
+  (``--tensorboard``);
 - ``bash scripts/...``: the script exists and its extra flags parse (test_scripts.py runs the
   scripts themselves);
 - ``pip install``: the extras named exist in pyproject.toml; the test suite command is
@@ -103,6 +104,14 @@ def attnopt_argv(command: list[str]) -> list[str] | None:
     return None
 
 
+def downloaded_data(command: list[str]) -> bool:
+    """True when ``command`` reads a data set the user downloads (``--data-root data/...``)."""
+    return any(
+        flag == "--data-root" and root.startswith("data/")
+        for flag, root in zip(command, command[1:], strict=False)
+    )
+
+
 def needs_gpu(command: list[str]) -> bool:
     return command[0] == "torchrun" or any(flag in command for flag in GPU_FLAGS)
 
@@ -143,7 +152,7 @@ def test_every_readme_command_runs_as_written(sandbox: Path, capsys) -> None:
             )
             if needs_gpu(command):
                 continue  # test_gpu_commands_parse
-            if "data/miniImagenet" in command or tensorboard_missing:
+            if downloaded_data(command) or tensorboard_missing:
                 parse(argv)
                 continue
             status = main([*argv, *TINY.get(argv[0], [])])

@@ -18,7 +18,17 @@ from typing import Any
 
 from attnopt.errors import UserError
 
-DATA_SETS = ("glyphs", "miniimagenet", "folder")
+DATA_SETS = (
+    "glyphs",
+    "miniimagenet",
+    "folder",
+    "tieredimagenet",
+    "cifarfs",
+    "fc100",
+    "omniglot",
+    "cub",
+)
+CROP_MODES = ("none", "bbox")
 BN_MODES = ("support", "transductive")
 AUGMENT_MODES = ("auto", "none")
 ATTENTION_MODES = ("both", "meta", "learner", "none")
@@ -216,7 +226,15 @@ class Config:
     )
     # data
     data: str = setting("glyphs", "data set (glyphs: built in)", group="data", choices=DATA_SETS)
-    data_root: str | None = setting(None, "folder of the data set", group="data", continuation=True)
+    data_root: str | None = setting(
+        None, "the data set's folder (see README)", group="data", continuation=True
+    )
+    crop: str = setting(
+        "none",
+        "bbox: cut CUB photos to the bird's bounding box",
+        group="data",
+        choices=CROP_MODES,
+    )
     cache_dir: str | None = setting(
         None,
         "where decoded images are cached (~/.cache/attnopt)",
@@ -312,6 +330,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "glyphs": {},
     "miniimagenet": _PHOTO_PRESET,
     "folder": _PHOTO_PRESET,
+    # The other benchmarks keep the seed's schedule; image sizes are their papers'
+    # (tieredImageNet and CUB 84, CIFAR-FS and FC100 32, Omniglot 28). Omniglot papers
+    # augment only with the rotations that are classes of their own.
+    "tieredimagenet": _PHOTO_PRESET,
+    "cub": _PHOTO_PRESET,
+    "cifarfs": {**_PHOTO_PRESET, "image_size": 32},
+    "fc100": {**_PHOTO_PRESET, "image_size": 32},
+    "omniglot": {**_PHOTO_PRESET, "image_size": 28, "augment": "none"},
 }
 
 
@@ -444,9 +470,12 @@ def validate(config: Config) -> None:
             f"--batch-size {config.batch_size} is larger than the support set "
             f"(--n-class x --n-shot = {config.n_class * config.n_shot})"
         )
-    if config.data != "glyphs" and not config.data_root:
+    if config.crop == "bbox" and config.data != "cub":
         raise UserError(
-            f"--data {config.data} needs --data-root (the folder holding train/, val/ and test/)"
+            f"--crop bbox needs --data cub (bounding boxes come with CUB-200-2011), not "
+            f"--data {config.data}"
         )
+    if config.data != "glyphs" and not config.data_root:
+        raise UserError(f"--data {config.data} needs --data-root (the folder holding its files)")
     if config.resume and config.init:
         raise UserError("--resume and --init exclude each other: continue a run, or start one")

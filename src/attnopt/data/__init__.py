@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from attnopt.config import Config
@@ -11,59 +10,28 @@ from attnopt.data.csv_layout import load_csv_split
 from attnopt.data.folder import load_folder_split
 from attnopt.data.glyphs import load_glyphs
 from attnopt.data.imageset import ImageSet
+from attnopt.data.layouts import SPLITS, Layout, pick_layout
 from attnopt.data.pickle_layout import load_pickle_split, pickle_path
+from attnopt.data.registry import LOADERS
 from attnopt.errors import UserError
 
-log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-# The mini-ImageNet layouts, most preferred first: name -> how it looks on disk.
+# The mini-ImageNet layouts, most preferred first.
 LAYOUTS = {
-    "folders": "ROOT/{train,val,test}/<class>/<image>",
-    "split CSVs": "ROOT/{train,val,test}.csv (filename,label) with ROOT/images/",
-    "pickle caches": "ROOT/mini-imagenet-cache-{train,val,test}.pkl (val also as validation)",
+    "folders": Layout("ROOT/{train,val,test}/<class>/<image>", lambda r, s: [r / s]),
+    "split CSVs": Layout(
+        "ROOT/{train,val,test}.csv (filename,label) with ROOT/images/",
+        lambda r, s: [r / f"{s}.csv"],
+    ),
+    "pickle caches": Layout(
+        "ROOT/mini-imagenet-cache-{train,val,test}.pkl (val also as validation)",
+        lambda r, s: [pickle_path(r, s) or r / f"mini-imagenet-cache-{s}.pkl"],
+    ),
 }
 
 
-def _split_entry(root: Path, layout: str, split: str) -> Path:
-    """Where ``split`` of ``layout`` lives in ``root`` (the pickle's first accepted name)."""
-    if layout == "folders":
-        return root / split
-    if layout == "split CSVs":
-        return root / f"{split}.csv"
-    return pickle_path(root, split) or root / f"mini-imagenet-cache-{split}.pkl"
-
-
 def detect_layout(root: Path) -> str:
-    """The mini-ImageNet layout of ``root`` (a key of :data:`LAYOUTS`).
-
-    The first complete layout in :data:`LAYOUTS` wins; when none is complete, the first one
-    that is partly there is an error naming its missing split.
-    """
-
-    def there(layout: str, split: str) -> bool:
-        entry = _split_entry(root, layout, split)
-        return entry.is_dir() if layout == "folders" else entry.is_file()
-
-    present = {layout: [s for s in SPLITS if there(layout, s)] for layout in LAYOUTS}
-    found = [layout for layout, splits in present.items() if splits]
-    if not found:
-        expected = "; ".join(v.replace("ROOT", str(root)) for v in LAYOUTS.values())
-        raise UserError(
-            f"--data-root {root} holds no mini-ImageNet layout; expected one of: {expected}"
-        )
-    complete = [layout for layout in found if len(present[layout]) == len(SPLITS)]
-    if not complete:
-        layout = found[0]
-        missing = [s for s in SPLITS if s not in present[layout]]
-        raise UserError(
-            f"missing split {_split_entry(root, layout, missing[0])}; expected "
-            + LAYOUTS[layout].replace("ROOT", str(root))
-        )
-    if len(found) > 1:
-        others = ", ".join(layout for layout in found if layout != complete[0])
-        log.info("%s holds several layouts; reading its %s (not: %s)", root, complete[0], others)
-    return complete[0]
+    """The mini-ImageNet layout of ``root`` (a key of :data:`LAYOUTS`)."""
+    return pick_layout(root, LAYOUTS, "mini-ImageNet")
 
 
 def load_split(config: Config, split: str) -> ImageSet:
@@ -74,6 +42,8 @@ def load_split(config: Config, split: str) -> ImageSet:
     root = Path(config.data_root).expanduser()
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder")
+    if config.data in LOADERS:
+        return LOADERS[config.data](root, split, config, cache_dir)
     if config.data == "folder":
         layout = "folders"
         for name in SPLITS:  # fail before spending minutes decoding another split

@@ -66,8 +66,9 @@ class _SafeUnpickler(pickle.Unpickler):
             raise _Forbidden(f"{module}.{name}") from None
 
 
-def read_pickle(path: Path) -> Any:
-    """The object pickled in ``path``, loaded safely; UserError naming the file otherwise."""
+def read_pickle(path: Path, expected: str = EXPECTED) -> Any:
+    """The object pickled in ``path``, loaded safely; UserError naming the file otherwise
+    (and describing the ``expected`` content)."""
     try:
         with open(path, "rb") as f:
             # latin1 reads arrays and str keys of Python 2 pickles as numpy itself does.
@@ -75,7 +76,7 @@ def read_pickle(path: Path) -> Any:
     except _Forbidden as e:
         raise UserError(
             f"refusing to load {path}: it asks to call {e}, and a data file may only hold "
-            f"numpy arrays, dicts and lists; expected {EXPECTED}"
+            f"numpy arrays, dicts and lists; expected {expected}"
         ) from None
     except MemoryError:
         raise UserError(f"{path} is too large to load into memory") from None
@@ -91,21 +92,32 @@ def read_pickle(path: Path) -> Any:
         UnicodeDecodeError,
         RecursionError,
     ) as e:
-        raise UserError(f"cannot read pickle {path}: {e!r}; expected {EXPECTED}") from None
+        raise UserError(f"cannot read pickle {path}: {e!r}; expected {expected}") from None
 
 
-def _text(key: Any) -> Any:
+def as_text(key: Any) -> Any:
+    """A byte-string key or name (Python 2 pickles, protocol 3 ``bytes``) as text."""
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+
+
+def text_keys(obj: Any, path: Path, expected: str) -> dict[Any, Any]:
+    """The unpickled dict ``obj`` with byte-string keys decoded; UserError if not a dict."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a dict; expected {expected}")
+    return {as_text(k): v for k, v in obj.items()}
+
+
+def require_keys(fields: dict[Any, Any], keys: tuple[str, ...], path: Path, expected: str) -> None:
+    """UserError naming the ``keys`` that ``fields`` (from ``path``) lacks."""
+    absent = [k for k in keys if k not in fields]
+    if absent:
+        raise UserError(f"{path} has no {' or '.join(map(repr, absent))}; expected {expected}")
 
 
 def parse_cache(obj: Any, path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Check the unpickled ``obj`` and return (image_data, {class name: row indices})."""
-    if not isinstance(obj, dict):
-        raise UserError(f"{path} holds a {type(obj).__name__}, not a dict; expected {EXPECTED}")
-    fields = {_text(k): v for k, v in obj.items()}
-    absent = [k for k in ("image_data", "class_dict") if k not in fields]
-    if absent:
-        raise UserError(f"{path} has no {' or '.join(map(repr, absent))}; expected {EXPECTED}")
+    fields = text_keys(obj, path, EXPECTED)
+    require_keys(fields, ("image_data", "class_dict"), path, EXPECTED)
     images, class_dict = fields["image_data"], fields["class_dict"]
     if (
         not isinstance(images, np.ndarray)
@@ -120,7 +132,7 @@ def parse_cache(obj: Any, path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]
         raise UserError(f"'class_dict' of {path} is not a non-empty dict; expected {EXPECTED}")
     classes: dict[str, np.ndarray] = {}
     for label, rows in class_dict.items():
-        name = str(_text(label))
+        name = str(as_text(label))
         rows = np.asarray(rows)
         if rows.size == 0:
             rows = rows.astype(np.int64)
