@@ -182,8 +182,10 @@ def _ratio_colorbar(
 ) -> None:
     bar = fig.colorbar(image, ax=ax, fraction=0.05)
     bar.set_label(label)
-    ticks = [2.0**k for k in range(-10, 11) if norm.vmin <= 2.0**k <= norm.vmax]
-    bar.set_ticks(ticks, labels=[f"{t:g}×" for t in ticks])
+    top = int(np.floor(np.log2(norm.vmax) + 1e-9))  # the scale is symmetric: 2^-top .. 2^top
+    stride = max(1, int(np.ceil(top / 3)))  # at most 7 ticks
+    ticks = [2.0**k for k in range(-top, top + 1) if k % stride == 0]
+    bar.set_ticks(ticks, labels=[f"{t:g}×" if t >= 1 else f"1/{1 / t:g}×" for t in ticks])
     bar.minorticks_off()
 
 
@@ -294,7 +296,10 @@ def _draw_share_histogram(ax: Axes, summary: ClassShare, n_episodes: int) -> Non
     band = UNIFORM_TOLERANCE * uniform
     label = f"counts as uniform (±{UNIFORM_TOLERANCE:.0%} of 1/N)"
     ax.axvspan(uniform - band, uniform + band, color="0.85", label=label)
-    ax.hist(100 * summary.shares.numpy(), bins=np.linspace(0, 100, 41), color="tab:blue")
+    counts, _, _ = ax.hist(
+        100 * summary.shares.numpy(), bins=np.linspace(0, 100, 41), color="tab:blue"
+    )
+    ax.set_ylim(0, 1.45 * max(counts.max(), 1))  # headroom: the legend never hides a bar
     ax.axvline(100 * summary.mean, color="tab:red", lw=2, label=f"mean {100 * summary.mean:.1f}%")
     ax.axvline(uniform, color="black", ls="--", lw=1.5, label=f"uniform: 1/N = {uniform:.0f}%")
     ax.set_xlim(0, 100)
