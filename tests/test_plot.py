@@ -61,9 +61,10 @@ def test_uniform_attention_is_reported_as_uniform() -> None:
     summary = class_share(episodes, 5)
     torch.testing.assert_close(summary.shares, torch.full((30,), 0.2))
     assert summary.verdict == "uniform"
-    assert summary.sentence().startswith("attention is indistinguishable from uniform")
+    sentence = "attention to the query's own class is indistinguishable from uniform"
+    assert summary.sentence().startswith(sentence)
     fig = draw_cross_attention(episodes, summary, heat_maps=2, title="t")
-    assert "Attention is indistinguishable from uniform" in fig.get_suptitle()
+    assert sentence.capitalize() in fig.get_suptitle()
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,13 @@ def test_the_verdict_compares_the_mean_share_with_one_over_n(
 def test_a_class_selective_attention_is_reported_with_its_ratio_to_uniform() -> None:
     summary = ClassShare(torch.tensor([0.6, 0.6, 0.6]), n_class=5)
     assert summary.ci95 == 0.0
-    assert summary.sentence().startswith("attention favours the query's own class (3.0× uniform)")
+    assert summary.sentence() == (
+        "attention favours the query's own class: 60.0% ± 0.0% = 3× the uniform 1/N = 20.0%"
+    )
+    below = ClassShare(torch.tensor([0.05, 0.05]), n_class=4)
+    assert below.sentence() == (
+        "attention avoids the query's own class: 5.0% ± 0.0% = 0.2× the uniform 1/N = 25.0%"
+    )
 
 
 def test_episode_attention_does_not_depend_on_the_order_of_the_episode() -> None:

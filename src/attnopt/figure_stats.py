@@ -73,17 +73,18 @@ class ClassShare:
         return "own class" if gap > 0 else "other classes"
 
     def sentence(self) -> str:
-        """One line for a figure title, e.g. 'attention favours the query's own class: ...'."""
-        numbers = (
-            f"same-class share {100 * self.mean:.1f}% ± {100 * self.ci95:.1f}% "
-            f"vs uniform {100 * self.uniform:.1f}% (1/{self.n_class})"
-        )
+        """The verdict as one line for a figure title, with the numbers behind it."""
+        numbers = f"{100 * self.mean:.1f}% ± {100 * self.ci95:.1f}%"
+        uniform = f"1/N = {100 * self.uniform:.1f}%"
         if self.verdict == "uniform":
-            return f"attention is indistinguishable from uniform: {numbers}"
-        ratio = self.mean / self.uniform
+            return (
+                "attention to the query's own class is indistinguishable from uniform: "
+                f"{numbers} vs {uniform}"
+            )
+        ratio = f"{self.mean / self.uniform:.2g}× the uniform {uniform}"
         if self.verdict == "own class":
-            return f"attention favours the query's own class ({ratio:.1f}× uniform): {numbers}"
-        return f"attention avoids the query's own class ({ratio:.2f}× uniform): {numbers}"
+            return f"attention favours the query's own class: {numbers} = {ratio}"
+        return f"attention avoids the query's own class: {numbers} = {ratio}"
 
 
 def deviation_from_layer_mean(values: torch.Tensor) -> torch.Tensor:
