@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from benchmark_layouts import (
 )
 from conftest import RunsCode, error_line
 
+import attnopt.pipeline
 from attnopt.cli import main
 from attnopt.data.cifar_splits import CIFAR_FS
 
@@ -41,7 +41,7 @@ def tiny(data: str, root: Path, save: Path, *extra: str) -> list[str]:
 @pytest.fixture
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """The figures take longer than these runs; test_cli.py checks them."""
-    monkeypatch.setattr(sys.modules["attnopt.train"], "plot_run", lambda *a, **k: [])
+    monkeypatch.setattr(attnopt.pipeline, "draw_figures", lambda *a, **k: None)
 
 
 def assert_nothing_half_written(cache: Path) -> None:

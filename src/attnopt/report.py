@@ -11,13 +11,16 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
 from attnopt.errors import UserError
 from attnopt.evaluation import EvalResult, duration
 from attnopt.plot import save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REQUIRED = ("episode", "split", "loss", "accuracy", "ci95", "elapsed_s")
 
@@ -97,6 +100,8 @@ def read_test(run_dir: Path) -> EvalResult | None:
 
 def draw(metrics: Metrics, title: str) -> Figure:
     """Accuracy and loss against episodes: train (running means) and validation (± 95% CI)."""
+    from matplotlib.figure import Figure  # here, so that `import attnopt` does not load it
+
     fig = Figure(figsize=(10, 3.8))
     acc_ax, loss_ax = fig.subplots(1, 2)
     train, val = metrics.train, metrics.val

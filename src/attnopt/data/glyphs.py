@@ -43,7 +43,6 @@ import math
 import unicodedata
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
@@ -156,6 +155,8 @@ def load_glyphs(
 
 
 def _font_paths() -> list[Path]:
+    import matplotlib  # here, so that `import attnopt` does not load it
+
     font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     return [font_dir / name for name in _FONT_FILES]
 
