@@ -65,8 +65,12 @@ def _folder(path: Path, source: Path) -> str:
     return path.parent.relative_to(source).as_posix()
 
 
+def _excluded(folder: str) -> bool:
+    return any(folder == e or folder.startswith(f"{e}/") for e in EXCLUDED)
+
+
 def assign_classes(folders: list[str], min_images: int) -> dict[str, str]:
-    """Map each folder (of images, one entry per image) to its class folder, or drop it.
+    """Folder -> the folder of its class, given each image's folder; dropped folders absent.
 
     Bottom-up: a folder with fewer than ``min_images`` images (its own and those merged into
     it) is merged into its parent; one with at least that many becomes a class, unless a
@@ -117,9 +121,7 @@ def main() -> None:
     require_new(args.out)
     require_package(args.source, INSTALL, "openclipart-png")
 
-    paths = sorted(
-        p for p in args.source.rglob("*.png") if not _folder(p, args.source).startswith(EXCLUDED)
-    )
+    paths = sorted(p for p in args.source.rglob("*.png") if not _excluded(_folder(p, args.source)))
     rendered = render_all(partial(_render, size=args.size), paths, args.workers)
     ok = [i for i, img in enumerate(rendered) if img is not None]
     keep = [ok[i] for i in first_copies(np.stack([signature(rendered[i]) for i in ok]))]
