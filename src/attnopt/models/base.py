@@ -19,6 +19,7 @@ coordinate.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -297,6 +298,12 @@ class Learner(nn.Module):
 
         grads, loss = torch.func.grad(total_loss, has_aux=True)(theta.detach())
         return loss.detach(), grads.detach()
+
+    def _amp(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast to ``amp_dtype`` (``--amp bf16``) for the blocks; nothing without it."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
 
     # ----- the cross-attention (MLAL's base-learner) -------------------------------------
 

@@ -27,9 +27,7 @@ class GroupedLearner(Learner):
         """Every task's convolution (weight (B, C_out, C_in, k, k), bias (B, C_out) or None) as
         one grouped convolution, in ``amp_dtype`` when it is set (``--amp bf16``)."""
         tasks = weight.shape[0]
-        with torch.autocast(
-            x.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=bool(self.amp_dtype)
-        ):
+        with self._amp(x.device):
             flat_bias = None if bias is None else bias.flatten()
             return F.conv2d(x, weight.flatten(0, 1), flat_bias, padding=padding, groups=tasks)
 

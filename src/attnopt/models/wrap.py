@@ -351,16 +351,14 @@ class ModuleLearner(Learner):
         return torch.cat([*backbone, head.weight.detach().ravel(), head.bias.detach()])
 
     def _enter(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        return x.contiguous()  # episodes come channels-last; vmap of some ops needs this
 
     def _stage(
         self, stage: str, p: dict[str, torch.Tensor], h: torch.Tensor, n_support: int, bn: str
     ) -> torch.Tensor:
         if stage == HEAD:
             return linear_head(p, h.to(p["head.weight"].dtype))
-        with torch.autocast(
-            h.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=bool(self.amp_dtype)
-        ):
+        with self._amp(h.device):
             return self._run_block(int(stage[5:]), p, h, n_support, bn, self._batched)
 
     def _tokens(self, h: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
