@@ -295,3 +295,45 @@ def test_partial_meta_gradient_gradcheck_in_float64(backbone: str) -> None:
 
     c_init = meta.c_init.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(run, (c_init,), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_resnet12_trains_from_the_command_line_and_its_checkpoint_keeps_its_backbone(
+    folder_dataset, tmp_path, capsys, monkeypatch
+) -> None:
+    import csv
+
+    from conftest import error_line, tiny_flags
+
+    import attnopt.pipeline
+    from attnopt.cli import main
+
+    monkeypatch.setattr(attnopt.pipeline, "draw_figures", lambda *a, **k: None)  # test_plot's
+    run = tmp_path / "run"
+    flags = [*tiny_flags(folder_dataset, run), "--backbone", "resnet12", "--width", "2"]
+    assert main(["train", *flags, "--episode", "2", "--val-freq", "2", "--log-freq", "1"]) == 0
+    config = torch.load(run / "ckpts" / "best.pt", weights_only=True)["config"]
+    assert '"backbone": "resnet12"' in config and '"adapt": "head"' in config  # its default
+    with open(run / "gates.csv", newline="") as f:  # gates of the adapted layers only
+        assert {row["layer"] for row in csv.DictReader(f)} == {"head", "attn"}
+    capsys.readouterr()
+    assert main(["info", str(run / "ckpts" / "best.pt")]) == 0
+    assert "ResNet-12 (2-5-10-20) learner" in capsys.readouterr().out
+    ckpt = str(run / "ckpts" / "best.pt")
+    assert main(["test", "--resume", ckpt, "--backbone", "conv4", "--cpu"]) == 2
+    line = error_line(capsys)
+    assert "was trained with --backbone resnet12, this run uses --backbone conv4" in line
+
+
+@pytest.mark.parametrize("backbone", list(TINY))
+def test_bf16_autocast_runs_every_backbone_and_changes_the_loss_only_slightly(backbone) -> None:
+    support_x, support_y, query_x = episode(tasks=1)
+    losses = {}
+    for amp in ("none", "bf16"):
+        model = make(backbone, "last", "both", amp=amp)
+        theta = adapt_tasks(model.learner, model.metalearner, support_x, support_y, 1, BATCH)
+        logits = model.learner(theta, torch.cat((support_x, query_x), 1), n_support=10)[:, 10:]
+        assert logits.dtype == torch.float32
+        losses[amp] = F.cross_entropy(logits[0], torch.arange(15) % 5)
+        losses[amp].backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert abs(losses["bf16"] - losses["none"]) / losses["none"] < 0.05
