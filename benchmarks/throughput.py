@@ -8,6 +8,7 @@ Never run by CI.
     python benchmarks/throughput.py --config glyphs-5shot --meta-batch 1 --meta-batch 8
     python benchmarks/throughput.py --config mini-5shot --device cuda --meta-batch 32 --amp bf16
     python benchmarks/throughput.py --config mini-5shot --compile none --compile step --compile all
+    python benchmarks/throughput.py --config rgb32-5shot --backbone resnet12 --adapt head
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from attnopt.backbones import BUILT_IN
 from attnopt.compilation import PARTS, compile_model
-from attnopt.config import AMP_MODES, ATTENTION_MODES, Config
+from attnopt.config import ADAPT_MODES, AMP_MODES, ATTENTION_MODES, resolve
 from attnopt.data.episodes import Episode
 from attnopt.distributed import Processes
 from attnopt.guard import DivergenceGuard
@@ -35,6 +37,7 @@ CONFIGS = {
     "mini-1shot": (3, 84, 5, 1, 15, 12, 5),
     "glyphs-5shot": (1, 28, 5, 5, 15, 8, 25),
     "glyphs-1shot": (1, 28, 5, 1, 15, 12, 5),
+    "rgb32-5shot": (3, 32, 5, 5, 15, 8, 25),  # CIFAR-FS / FC100 shapes
 }
 # --compile: what is compiled (attnopt's --compile: all)
 COMPILED = {"none": (), "step": ("step",), "all": PARTS}
@@ -57,12 +60,17 @@ def measure(
     repeats: int,
     attn_block: int = 3,
     compiled: str = "none",
+    learner: tuple[str, int | None, str | None] = ("conv4", None, None),
 ) -> str:
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
+    backbone, width, adapt = learner
     torch.manual_seed(0)
-    config = Config(
-        n_class=n, n_shot=k, image_size=size, attention=attention, amp=amp, attn_block=attn_block
-    )
+    config = resolve(
+        dict(
+            n_class=n, n_shot=k, image_size=size, attention=attention, amp=amp,
+            attn_block=attn_block, backbone=backbone, width=width, adapt=adapt,
+        )
+    )  # fmt: skip
     model = compile_model(build_model(config, channels).to(device), COMPILED[compiled])
     optimizer = torch.optim.Adam(model.param_groups(config.lr, config.attn_lr_scale))
     guard = DivergenceGuard(model.parameters(), optimizer, config.grad_clip, 10, Path("unused"))
@@ -99,6 +107,8 @@ def measure(
         rates.append(updates * tasks / (time.perf_counter() - start))
     return (
         f"{name}: device={device.type} threads={torch.get_num_threads()} "
+        f"backbone={config.backbone} width={config.width} adapt={config.adapt} "
+        f"params={model.learner.num_params} adapted={model.learner.num_adapted} "
         f"attention={attention} attn_block={attn_block} "
         f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} "
         f"steps={epochs}x{batch} B={tasks} compile={compiled} "
@@ -116,6 +126,9 @@ def main() -> None:
     parser.add_argument("--amp", choices=AMP_MODES, action="append")
     parser.add_argument("--attn-block", type=int, default=3, help="cross-attention placement")
     parser.add_argument("--compile", choices=sorted(COMPILED), action="append")
+    parser.add_argument("--backbone", choices=BUILT_IN, action="append")
+    parser.add_argument("--width", type=int, action="append", help="default: the backbone's")
+    parser.add_argument("--adapt", choices=ADAPT_MODES, action="append")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=5, help="meta-updates per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
@@ -123,11 +136,14 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as attnopt does on GPUs
+    learners = list(
+        itertools.product(args.backbone or ["conv4"], args.width or [None], args.adapt or [None])
+    )
     for name in args.config or list(CONFIGS):
         for attention in args.attention or ["none"]:
             for tasks in args.meta_batch or [1]:
-                for amp, compiled in itertools.product(
-                    args.amp or ["none"], args.compile or ["none"]
+                for amp, compiled, learner in itertools.product(
+                    args.amp or ["none"], args.compile or ["none"], learners
                 ):
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
@@ -141,6 +157,7 @@ def main() -> None:
                         args.repeats,
                         args.attn_block,
                         compiled,
+                        learner,
                     )
                     print(line, flush=True)
 

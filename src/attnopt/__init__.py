@@ -2,7 +2,9 @@
 
 The Python API (see the README): :func:`load` a checkpoint, ``.adapt`` it to a support set and
 ``.predict`` query images; :func:`train` and :func:`evaluate` return their results;
-:func:`make_config` builds a :class:`Config` from command-line flags given as keywords.
+:func:`make_config` builds a :class:`Config` from command-line flags given as keywords;
+:func:`register_backbone` puts the learned optimizer on your own feature extractor
+(:class:`ModuleLearner` is the learner it makes).
 
 The names are imported on first use, so ``import attnopt`` is quick and pulls in neither
 torch nor matplotlib; the submodules have names of their own (``attnopt.training``,
@@ -24,6 +26,8 @@ _EXPORTS = {
     "make_config": "attnopt.api",
     "train": "attnopt.api",
     "Config": "attnopt.config",
+    "ModuleLearner": "attnopt.models.wrap",
+    "register_backbone": "attnopt.backbones",
     "UserError": "attnopt.errors",
 }
 __all__ = sorted(_EXPORTS)
@@ -37,8 +41,10 @@ if TYPE_CHECKING:
         make_config,
         train,
     )
+    from attnopt.backbones import register_backbone  # noqa: F401
     from attnopt.config import Config  # noqa: F401
     from attnopt.errors import UserError  # noqa: F401
+    from attnopt.models.wrap import ModuleLearner  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import torch
 
-from attnopt.models.learner import Conv4Learner
+from attnopt.models.base import Learner
 from attnopt.models.metalearner import MetaLearner, MetaState
 
 
 def adapt_tasks(
-    learner: Conv4Learner,
+    learner: Learner,
     metalearner: MetaLearner,
     support_x: torch.Tensor,
     support_y: torch.Tensor,
@@ -30,27 +30,36 @@ def adapt_tasks(
     ``epochs`` passes over each support set in mini-batches of ``batch_size`` give
     T = epochs * ceil(N*K / batch_size) steps. Returns θ_T (B, P), differentiable with respect
     to the meta-parameters (c_I, the LSTM, the gates, attention) when grad mode is on.
-    ``on_step(t, θ_t, state)`` is called after every step (for inspection and plots).
+    With partial adaptation (``learner.adapt``) the meta-learner updates the adapted
+    coordinates θ_a only; the others stay at θ_0 = c_I, and the learner's frozen leading stages
+    run once per support mini-batch. ``on_step(t, θ_t, state)`` is called after every step
+    (for inspection and plots) with the whole θ_t (B, P) and the state of the adapted rows.
     """
     tasks, n = support_x.shape[:2]
+    adapted, frozen = learner.split(metalearner.c_init)
     # θ_0 = c_I for every task (a copy, not an expanded view: one memory layout for every
-    # step, so torch.compile (--compile) traces the step once)
-    theta = metalearner.c_init.repeat(tasks, 1)
+    # step, so torch.compile (--compile) traces the step once); the frozen part is shared
+    theta = adapted.repeat(tasks, 1)
+    frozen = None if frozen is None else frozen.expand(tasks, -1)
     state = metalearner.initial_state((tasks,))
+    prefix: dict[int, torch.Tensor | None] = {}  # frozen stages' output per mini-batch
     t = 0
     for _ in range(epochs):
         for start in range(0, n, batch_size):
             batch = slice(start, start + batch_size)
-            loss, grad = learner.loss_and_grad(theta, support_x[:, batch], support_y[:, batch])
+            x, y = support_x[:, batch], support_y[:, batch]
+            if start not in prefix:
+                prefix[start] = learner.frozen_features(frozen, x)
+            loss, grad = learner.loss_and_grad(theta, x, y, frozen, prefix[start])
             theta, state = metalearner.step(grad, loss, theta, state)
             t += 1
             if on_step is not None:
-                on_step(t, theta, state)
-    return theta
+                on_step(t, learner.merge(theta, frozen), state)
+    return learner.merge(theta, frozen)
 
 
 def adapt(
-    learner: Conv4Learner,
+    learner: Learner,
     metalearner: MetaLearner,
     support_x: torch.Tensor,
     support_y: torch.Tensor,
@@ -69,7 +78,7 @@ def adapt(
 
 
 def query_logits_tasks(
-    learner: Conv4Learner,
+    learner: Learner,
     theta: torch.Tensor,
     support_x: torch.Tensor,
     query_x: torch.Tensor,
@@ -85,7 +94,7 @@ def query_logits_tasks(
 
 
 def query_logits(
-    learner: Conv4Learner,
+    learner: Learner,
     theta: torch.Tensor,
     support_x: torch.Tensor,
     query_x: torch.Tensor,

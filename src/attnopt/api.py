@@ -33,7 +33,7 @@ from attnopt.data.episodes import standardize, to_unit
 from attnopt.errors import UserError
 from attnopt.evaluation import EvalResult, load_trained, test_checkpoint
 from attnopt.models import FewShotModel, build_model
-from attnopt.models.learner import Conv4Learner
+from attnopt.models.base import Learner
 from attnopt.pipeline import TrainResult, train_and_test
 from attnopt.runfolder import run_dir_of
 from attnopt.runtime import select_device
@@ -103,7 +103,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FewShot
     return FewShotClassifier(model, config, ckpt["in_channels"], str(path))
 
 
-def head_rows(learner: Conv4Learner, theta: torch.Tensor, n_class: int) -> torch.Tensor:
+def head_rows(learner: Learner, theta: torch.Tensor, n_class: int) -> torch.Tensor:
     """θ (P,) of an N-way ``learner`` cut to ``n_class``-way: the head keeps its first rows.
 
     Every other parameter (convolutions, BatchNorm, attention) is shared by all classes.
@@ -262,7 +262,7 @@ class AdaptedTask:
     def __init__(
         self,
         classifier: FewShotClassifier,
-        learner: Conv4Learner,
+        learner: Learner,
         theta: torch.Tensor,
         support_x: torch.Tensor,
         classes: tuple[Hashable, ...],

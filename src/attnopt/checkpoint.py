@@ -226,5 +226,13 @@ def model_from_checkpoint(
     ``in_channels``-channel data build the same shapes."""
     check_compatible(ckpt, config, in_channels, path)
     model = build_model(config, in_channels)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # a registered backbone whose builder changed since training
+        first = str(e).strip().splitlines()
+        raise UserError(
+            f"checkpoint {path} does not fit backbone {config.backbone!r} as it is built now "
+            f"({first[-1].strip() if first else e}); build it as it was when the checkpoint "
+            "was trained"
+        ) from None
     return model

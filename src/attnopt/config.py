@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from attnopt import backbones
 from attnopt.errors import UserError
 
 DATA_SETS = (
@@ -33,6 +34,11 @@ BN_MODES = ("support", "transductive")
 AUGMENT_MODES = ("auto", "none")
 ATTENTION_MODES = ("both", "meta", "learner", "none")
 AMP_MODES = ("none", "bf16")
+ADAPT_MODES = ("all", "last", "head")
+# --adapt's default per backbone: the paper's for Conv-4; ResNet-12's by measurement
+# (benchmarks/README.md, "Backbones and partial adaptation")
+DEFAULT_ADAPT = {"conv4": "all", "resnet12": "head"}
+DEFAULT_WIDTH = {"conv4": 32, "resnet12": 64}
 
 
 def setting(
@@ -97,6 +103,30 @@ class Config:
         minimum=1,
     )
     # meta-learner and learner
+    backbone: str = setting(
+        "conv4",
+        "the learner: conv4 (the paper's Conv-4), resnet12 (64-160-320-640), or a name "
+        "registered from Python (attnopt.register_backbone)",
+        group="model",
+        architecture=True,
+    )
+    width: int = setting(
+        32,
+        "conv4: filters per layer; resnet12: the first block's channels (the others 2.5x, 5x, 10x)",
+        group="model",
+        architecture=True,
+        derived="32 for conv4, 64 for resnet12",
+        minimum=1,
+    )
+    adapt: str = setting(
+        "all",
+        "what the inner loop adapts: all of θ (the paper), the last block and the head, or "
+        "the head; the rest is learned by the outer loop only (cross-attention: always adapted)",
+        group="model",
+        architecture=True,
+        choices=ADAPT_MODES,
+        derived="all for conv4, head for resnet12",
+    )
     input_size: int = setting(
         4, "meta-learner LSTM input size (must be 4)", group="model", architecture=True
     )
@@ -369,6 +399,9 @@ def _with_derived(values: dict[str, Any]) -> Config:
     1-shot and 8 otherwise, and ``--batch-size`` is the whole support set (N*K), as in the
     original authors' configuration."""
     n_shot = values.get("n_shot", Config.n_shot)
+    backbone = values.get("backbone", Config.backbone)
+    values.setdefault("width", DEFAULT_WIDTH.get(backbone, Config.width))
+    values.setdefault("adapt", DEFAULT_ADAPT.get(backbone, Config.adapt))
     values.setdefault("epoch", 12 if n_shot == 1 else 8)
     values.setdefault("batch_size", values.get("n_class", Config.n_class) * n_shot)
     try:
@@ -446,8 +479,15 @@ def validate(config: Config) -> None:
             raise UserError(f"{flag(f.name)} must be at least {minimum}, got {value}")
         if choices and value not in choices:
             raise UserError(f"{flag(f.name)} {value!r} is not one of {', '.join(choices)}")
-    if not 1 <= config.attn_block <= 4:
+    if config.backbone not in backbones.names():
+        raise UserError(
+            f"--backbone {config.backbone!r} is not one of {', '.join(backbones.names())}; "
+            "register your own with attnopt.register_backbone before using it"
+        )
+    if config.backbone in backbones.BUILT_IN and not 1 <= config.attn_block <= 4:
         raise UserError(f"--attn-block must be 1, 2, 3 or 4, got {config.attn_block}")
+    if config.attn_block < 1:
+        raise UserError(f"--attn-block must be at least 1, got {config.attn_block}")
     for name in ("lr", "grad_clip", "bn_eps", "attn_lr_scale"):  # --grad-clip inf: no clipping
         value = getattr(config, name)
         if not value > 0 or (name != "grad_clip" and math.isinf(value)):

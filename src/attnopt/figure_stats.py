@@ -25,7 +25,7 @@ def support_image_shares(weights: torch.Tensor) -> torch.Tensor:
     """Share of each query's attention that lands on each support image.
 
     weights: (Q, HW, S, HW), every query position's distribution over the support positions
-    (``Conv4Learner.cross_attention_weights``). Returns (Q, S): averaged over the query's
+    (``Learner.cross_attention_weights``). Returns (Q, S): averaged over the query's
     positions, summed over the support image's positions; rows sum to 1.
     """
     return weights.sum(-1).mean(1)

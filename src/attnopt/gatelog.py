@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from attnopt.fileio import rows_until, write_csv
-from attnopt.models.learner import Conv4Learner
+from attnopt.models.base import Learner
 from attnopt.models.metalearner import MetaState
 
 FIELDS = ("episode", "step", "layer", "input_gate", "forget_gate")
@@ -29,12 +29,14 @@ class GateLog:
     The file is rewritten atomically on every write, so a killed run never leaves half a row.
     """
 
-    def __init__(self, path: Path, learner: Conv4Learner, keep_until: int | None = None) -> None:
+    def __init__(self, path: Path, learner: Learner, keep_until: int | None = None) -> None:
         self.path = path
-        self.layers = list(dict.fromkeys(layer_of(s.name) for s in learner.specs))
+        # the gates exist for the adapted coordinates only (all of θ with --adapt all)
+        specs = learner.adapted_specs
+        self.layers = list(dict.fromkeys(layer_of(s.name) for s in specs))
         index = {name: i for i, name in enumerate(self.layers)}
         self._layer_of_coordinate = torch.cat(
-            [torch.full((s.numel,), index[layer_of(s.name)]) for s in learner.specs]
+            [torch.full((s.numel,), index[layer_of(s.name)]) for s in specs]
         )
         self._counts = torch.bincount(self._layer_of_coordinate).float()
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []

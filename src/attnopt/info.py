@@ -18,6 +18,16 @@ MODELS = {
 }
 
 
+def learner_name(c: Config) -> str:
+    """'Conv-4 (32 filters)', 'ResNet-12 (64-160-320-640)' or a registered backbone's name."""
+    if c.backbone == "conv4":
+        return f"Conv-4 ({c.width} filters)"
+    if c.backbone == "resnet12":
+        widths = (c.width, c.width * 5 // 2, c.width * 5, c.width * 10)
+        return f"ResNet-12 ({'-'.join(map(str, widths))})"
+    return f"backbone {c.backbone!r}"
+
+
 def describe(path: str | os.PathLike) -> str:
     """A few lines: data, task, model, training, best validation and test result."""
     ckpt = load_checkpoint(path)
@@ -29,8 +39,8 @@ def describe(path: str | os.PathLike) -> str:
         f"data: {data}, {c.image_size}x{c.image_size}, {ckpt['in_channels']} channel(s)",
         f"task: {c.n_class}-way {c.n_shot}-shot, {c.n_eval} queries per class; inner loop "
         f"{c.epoch} passes in mini-batches of {c.batch_size}",
-        f"model: {MODELS[c.attention]}; Conv-4 learner with {params:,} parameters, LSTM "
-        f"hidden size {c.hidden_size}",
+        f"model: {MODELS[c.attention]}; {learner_name(c)} learner with {params:,} "
+        f"parameters (--adapt {c.adapt}), LSTM hidden size {c.hidden_size}",
         f"training: lr {c.lr:g}, meta-batch {c.meta_batch}, seed {c.seed}, augment "
         f"{c.augment}, BatchNorm {c.bn}" + (f", from the weights of {c.init}" if c.init else ""),
     ]

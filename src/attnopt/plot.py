@@ -214,7 +214,8 @@ def plot_meta_attention(model: FewShotModel, episode: Episode, config: Config, p
     # Big tensors have many chunks and so get much of any attention; divide by the share
     # uniform attention would give them: 1 = uniform, > 1 = attended more than its size says.
     per_tensor = per_tensor / (chunks / chunks.sum()).unsqueeze(0)
-    names = [s.name.replace(".weight", ".w").replace(".bias", ".b") for s in model.learner.specs]
+    specs = model.learner.adapted_specs  # the meta-learner's tensors: the adapted ones
+    names = [s.name.replace(".weight", ".w").replace(".bias", ".b") for s in specs]
     fig = Figure(figsize=(0.3 * n + 3, 0.3 * n + 1.5), layout="constrained")
     ax = fig.subplots()
     norm = _ratio_norm(per_tensor)

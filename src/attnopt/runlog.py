@@ -20,7 +20,7 @@ from tqdm import tqdm
 from attnopt.errors import UserError, printable
 from attnopt.fileio import os_error_message, rows_until, write_csv
 from attnopt.gatelog import GateLog
-from attnopt.models.learner import Conv4Learner
+from attnopt.models.base import Learner
 from attnopt.models.metalearner import MetaState
 
 log = logging.getLogger("attnopt")
@@ -93,7 +93,7 @@ class RunLog:
             self.tensorboard.close()
 
     def open(
-        self, run_dir: Path, learner: Conv4Learner, keep_until: int | None, tensorboard: bool
+        self, run_dir: Path, learner: Learner, keep_until: int | None, tensorboard: bool
     ) -> None:
         """Start writing into ``run_dir``: train.log (appended to), metrics.csv and gates.csv
         (rows after episode ``keep_until`` dropped: a resumed run rewrites them)."""
@@ -183,7 +183,7 @@ class QuietLog(RunLog):
         return self
 
     def open(
-        self, run_dir: Path, learner: Conv4Learner, keep_until: int | None, tensorboard: bool
+        self, run_dir: Path, learner: Learner, keep_until: int | None, tensorboard: bool
     ) -> None:
         return None
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnopt import backbones
 from attnopt.config import Config
+from attnopt.models.base import Learner
 from attnopt.models.learner import Conv4Learner
 from attnopt.models.metalearner import AttentionMetaLearner, MetaLearner
+from attnopt.models.resnet12 import ResNet12Learner, resnet12_channels
 
 
 class FewShotModel(nn.Module):
@@ -16,7 +19,7 @@ class FewShotModel(nn.Module):
     a checkpoint stores; θ itself is never a parameter of it.
     """
 
-    def __init__(self, learner: Conv4Learner, metalearner: MetaLearner) -> None:
+    def __init__(self, learner: Learner, metalearner: MetaLearner) -> None:
         super().__init__()
         self.learner = learner
         self.metalearner = metalearner
@@ -35,30 +38,50 @@ class FewShotModel(nn.Module):
         return groups
 
 
+def build_learner(config: Config, in_channels: int) -> Learner:
+    """The learner that ``config`` describes (``--backbone``, ``--width``, ``--adapt``,
+    ``--attention``, ``--attn-block``, ``--amp``)."""
+    common = dict(
+        cross_attention=config.attention in ("learner", "both"),
+        amp_dtype=torch.bfloat16 if config.amp == "bf16" else None,
+        attn_block=config.attn_block,
+        adapt=config.adapt,
+    )
+    size = config.image_size
+    if config.backbone == "conv4":
+        return Conv4Learner(
+            in_channels, config.n_class, size, config.width, config.bn_eps, **common
+        )
+    if config.backbone == "resnet12":
+        channels = resnet12_channels(config.width)
+        return ResNet12Learner(in_channels, config.n_class, size, channels, config.bn_eps, **common)
+    from attnopt.models.wrap import learner_from_build  # user backbones only
+
+    return learner_from_build(
+        config.backbone, backbones.builder(config.backbone), in_channels, config.n_class, size,
+        **common,
+    )  # fmt: skip
+
+
 def build_model(config: Config, in_channels: int) -> FewShotModel:
     """The model that ``config`` describes, freshly initialised (global torch RNG).
 
     ``--attention``: none = Ravi & Larochelle; meta = attention-LSTM meta-learner;
-    learner = cross-attention learner; both = MLAL.
+    learner = cross-attention learner; both = MLAL. The meta-learner's LSTM runs over the
+    coordinates that ``--adapt`` adapts.
     """
-    learner = Conv4Learner(
-        in_channels,
-        config.n_class,
-        config.image_size,
-        bn_eps=config.bn_eps,
-        cross_attention=config.attention in ("learner", "both"),
-        amp_dtype=torch.bfloat16 if config.amp == "bf16" else None,
-        attn_block=config.attn_block,
-    )
+    learner = build_learner(config, in_channels)
     init_theta = learner.init_theta()
     if config.attention in ("meta", "both"):
         metalearner: MetaLearner = AttentionMetaLearner(
             init_theta,
-            [s.numel for s in learner.specs],
+            [s.numel for s in learner.adapted_specs],
             config.input_size,
             config.hidden_size,
             chunk=config.attn_chunk,
         )
     else:
-        metalearner = MetaLearner(init_theta, config.input_size, config.hidden_size)
+        metalearner = MetaLearner(
+            init_theta, config.input_size, config.hidden_size, adapted=learner.num_adapted
+        )
     return FewShotModel(learner, metalearner)

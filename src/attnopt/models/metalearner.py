@@ -55,15 +55,22 @@ class MetaLearner(nn.Module):
         init_theta: the learner's default initialisation; c_I (the learned θ_0) starts here.
         input_size: LSTM input size, 4 = [prep(L_t), prep(∇_t)].
         hidden_size: LSTM hidden size (20 in the paper).
+        adapted: how many coordinates the inner loop adapts (the LSTM's rows); None: all of
+            θ. With partial adaptation (``--adapt``) the step sees θ_a, those coordinates only.
     """
 
     def __init__(
-        self, init_theta: torch.Tensor, input_size: int = 4, hidden_size: int = 20
+        self,
+        init_theta: torch.Tensor,
+        input_size: int = 4,
+        hidden_size: int = 20,
+        adapted: int | None = None,
     ) -> None:
         super().__init__()
         if input_size != 4:
             raise ValueError("input_size must be 4: [prep(loss), prep(grad)]")
         self.hidden_size = hidden_size
+        self.rows = init_theta.numel() if adapted is None else adapted
         self.lstm = nn.LSTMCell(input_size, hidden_size)
         # Gate weights over [h_t, θ_{t-1}, gate_{t-1}].
         self.forget_weight = nn.Parameter(torch.empty(hidden_size + 2))
@@ -89,10 +96,11 @@ class MetaLearner(nn.Module):
         nn.init.uniform_(self.input_bias, -5.0, -4.0)
 
     def initial_state(self, tasks: tuple[int, ...] = ()) -> MetaState:
-        """Zero LSTM state and zero previous gates for ``tasks`` (() or (B,)) tasks."""
+        """Zero LSTM state and zero previous gates for ``tasks`` (() or (B,)) tasks: one row
+        per adapted coordinate."""
         like = self.c_init
-        zeros_h = like.new_zeros(*tasks, like.shape[0], self.hidden_size)
-        zeros = like.new_zeros(*tasks, like.shape[0])
+        zeros_h = like.new_zeros(*tasks, self.rows, self.hidden_size)
+        zeros = like.new_zeros(*tasks, self.rows)
         return MetaState(h=zeros_h, c=zeros_h, f=zeros, i=zeros)
 
     def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -156,7 +164,8 @@ class AttentionMetaLearner(MetaLearner):
     exactly the plain one. Cost per step O(P·hidden + G²·d).
 
     Args:
-        tensor_sizes: sizes of the learner's parameter tensors, in θ's order (sum = P).
+        tensor_sizes: sizes of the adapted parameter tensors, in θ_a's order (sum = the
+            adapted count: P with ``--adapt all``).
         chunk: ``--attn-chunk``; attn_dim: d, the width of queries, keys and values.
     """
 
@@ -169,9 +178,9 @@ class AttentionMetaLearner(MetaLearner):
         chunk: int = 64,
         attn_dim: int = 16,
     ) -> None:
-        super().__init__(init_theta, input_size, hidden_size)
-        if sum(tensor_sizes) != init_theta.numel():
-            raise ValueError("tensor_sizes must add up to the number of learner parameters")
+        super().__init__(init_theta, input_size, hidden_size, adapted=sum(tensor_sizes))
+        if sum(tensor_sizes) > init_theta.numel():
+            raise ValueError("tensor_sizes must add up to at most the number of parameters")
         self.chunk = chunk
         self.layout = chunk_layout(tensor_sizes, chunk)
         tensor_of_chunk = [

@@ -1,0 +1,88 @@
+"""The activation layout of the built-in convolutional learners (Conv-4, ResNet-12).
+
+B tasks travel together as one batch of grouped convolutions: activations are (n, B·C, H, W)
+in channels-last memory, task b's image i in row i, channels b·C .. b·C + C - 1, and every
+convolution has one group per task. BatchNorm statistics are per task and channel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attnopt.models.base import Learner
+
+
+class GroupedLearner(Learner):
+    """A :class:`Learner` whose stages work on grouped activations (n, B·C, H, W)."""
+
+    bn_eps: float
+
+    def _enter(self, x: torch.Tensor) -> torch.Tensor:
+        return to_grouped(x)
+
+    def _conv(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
+    ) -> torch.Tensor:
+        """Every task's convolution (weight (B, C_out, C_in, k, k), bias (B, C_out) or None) as
+        one grouped convolution, in ``amp_dtype`` when it is set (``--amp bf16``)."""
+        tasks = weight.shape[0]
+        with self._amp(x.device):
+            flat_bias = None if bias is None else bias.flatten()
+            return F.conv2d(x, weight.flatten(0, 1), flat_bias, padding=padding, groups=tasks)
+
+    def _batch_norm(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_support: int, bn: str
+    ) -> torch.Tensor:
+        """BatchNorm of (n, B·C, H, W) with weight, bias (B, C): per task and channel, over
+        images and positions; the query images (after ``n_support``) with the support's
+        statistics, or their own (``bn="transductive"``)."""
+        weight, bias = weight.flatten(), bias.flatten()
+        if n_support == x.shape[0]:
+            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.bn_eps)
+        if bn == "transductive":  # support and query each with their own statistics
+            return torch.cat(
+                [
+                    F.batch_norm(part, None, None, weight, bias, training=True, eps=self.bn_eps)
+                    for part in (x[:n_support], x[n_support:])
+                ]
+            )
+        var, mean = torch.var_mean(x[:n_support], dim=(0, 2, 3), unbiased=False)
+        scale = weight * torch.rsqrt(var + self.bn_eps)
+        shift = bias - mean * scale
+        # in x's precision: bf16 activations stay bf16 under --amp bf16
+        scale, shift = scale.to(x.dtype).view(1, -1, 1, 1), shift.to(x.dtype).view(1, -1, 1, 1)
+        return torch.addcmul(shift, x, scale)
+
+    def _tokens(self, h: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+        n, channels, height, width = h.shape
+        tasks, c = channels // self.attn_width, self.attn_width
+        # (n, B·C, h, w) -> (B, n·h·w, C): task b's tokens, images in order
+        tokens = h.permute(0, 2, 3, 1).reshape(n, height * width, tasks, c)
+        tokens = tokens.permute(2, 0, 1, 3).reshape(tasks, n * height * width, c)
+        # in θ's precision (fp32 also under --amp bf16)
+        return tokens.to(dtype), height * width
+
+    def _from_tokens(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = like.shape
+        tasks, c = y.shape[0], self.attn_width
+        # (B, n·h·w, C) -> (n, h, w, B, C) in memory = (n, B·C, h, w) channels-last
+        y = y.view(tasks, n, height, width, c).permute(1, 2, 3, 0, 4).to(like.dtype).contiguous()
+        return y.view(n, height, width, tasks * c).permute(0, 3, 1, 2)
+
+
+def to_grouped(x: torch.Tensor) -> torch.Tensor:
+    """Images of B tasks (B, n, C, H, W) -> (n, B·C, H, W) in channels-last memory.
+
+    Task b's image i is row i, channels b·C .. b·C + C - 1: the layout of a grouped convolution
+    with one group per task. Channels-last lets oneDNN (CPU) and cuDNN pick their fastest
+    kernels. For one task this is a view of an episode's (channels-last) images.
+    """
+    tasks, n, c, h, w = x.shape
+    grouped = x.permute(1, 3, 4, 0, 2).reshape(n, h, w, tasks * c).permute(0, 3, 1, 2)
+    return grouped.contiguous(memory_format=torch.channels_last)
+
+
+def ungroup(h: torch.Tensor, tasks: int, dtype: torch.dtype) -> torch.Tensor:
+    """Grouped features (n, B·F) -> (B, n, F) in ``dtype``."""
+    return h.reshape(h.shape[0], tasks, -1).transpose(0, 1).to(dtype)
