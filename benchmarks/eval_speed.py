@@ -10,21 +10,31 @@ One line per (configuration, --eval-batch): device, shapes, tasks adapted togeth
 from __future__ import annotations
 
 import argparse
+import os
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as attnopt sets it (attnopt/__init__.py)
 
 import numpy as np
 import torch
 from throughput import CONFIGS
 
 from attnopt.compilation import compile_model
-from attnopt.config import AMP_MODES, Config
+from attnopt.config import AMP_MODES, ATTENTION_MODES, Config
 from attnopt.data.imageset import ImageSet
 from attnopt.evaluation import eval_sampler, evaluate
 from attnopt.models import build_model
+from attnopt.runtime import keep_freed_memory
 
 
 def measure(
-    name: str, eval_batch: int, amp: str, device: torch.device, episodes: int, compiled: bool
+    name: str,
+    eval_batch: int,
+    amp: str,
+    device: torch.device,
+    episodes: int,
+    compiled: bool,
+    attention: str = "none",
 ) -> str:
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
     rng = np.random.default_rng(0)
@@ -34,7 +44,7 @@ def measure(
     imageset = ImageSet(images, labels, tuple(f"c{i}" for i in range(classes)), "synthetic")
     config = Config(
         n_class=n, n_shot=k, n_eval=q, image_size=size, epoch=epochs, batch_size=batch,
-        eval_batch=eval_batch, amp=amp, attention="none",
+        eval_batch=eval_batch, amp=amp, attention=attention,
     )  # fmt: skip
     sampler = eval_sampler(imageset, config, "test")
     torch.manual_seed(0)
@@ -49,6 +59,7 @@ def measure(
     seconds = time.perf_counter() - start
     return (
         f"eval {name}: device={device.type} threads={torch.get_num_threads()} "
+        f"attention={attention} "
         f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} steps={epochs}x{batch} "
         f"eval_batch={eval_batch} {'fp32' if amp == 'none' else amp} compile={compiled} "
         f"episodes={episodes} "
@@ -64,12 +75,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--compile", action="store_true", help="as attnopt's --compile")
+    parser.add_argument("--attention", choices=ATTENTION_MODES, action="append")
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (its default)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    keep_freed_memory()  # as every attnopt run does (attnopt.runtime.select_device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for name in args.config or ["glyphs-5shot"]:
-        for eval_batch in args.eval_batch or [20]:
-            line = measure(name, eval_batch, args.amp, device, args.episodes, args.compile)
-            print(line, flush=True)
+        for attention in args.attention or ["none"]:
+            for eval_batch in args.eval_batch or [20]:
+                line = measure(
+                    name, eval_batch, args.amp, device, args.episodes, args.compile, attention
+                )
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import resource
 import statistics
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as attnopt sets it (attnopt/__init__.py)
 
 import torch
 
@@ -30,6 +33,7 @@ from attnopt.distributed import Processes
 from attnopt.guard import DivergenceGuard
 from attnopt.models import build_model
 from attnopt.objective import InnerLoop, meta_update, score_episodes
+from attnopt.runtime import keep_freed_memory
 
 # name: (channels, image size, N, K, Q, inner epochs, inner batch size)
 CONFIGS = {
@@ -132,8 +136,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=5, help="meta-updates per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (its default)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    keep_freed_memory()  # as every attnopt run does (attnopt.runtime.select_device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as attnopt does on GPUs
     learners = list(

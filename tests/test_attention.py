@@ -116,14 +116,15 @@ def test_chunks_never_span_two_tensors() -> None:
 def test_chunk_tokens_are_chunk_means_and_broadcast_back() -> None:
     meta = AttentionMetaLearner(torch.zeros(265), [5, 64, 65, 1, 130], hidden_size=3, chunk=64)
     assert meta.tensor_of_chunk.tolist() == [0, 1, 2, 2, 3, 4, 4, 4]
-    h = torch.randn(265, 3)
+    h = torch.randn(3, 265)  # hidden-major: (hidden, P)
     means = meta._chunk_means(h)
     bounds = [0, 5, 69, 133, 134, 135, 199, 263, 265]
-    expected = torch.stack([h[a:b].mean(0) for a, b in zip(bounds, bounds[1:], strict=False)])
+    expected = torch.stack([h[:, a:b].mean(1) for a, b in zip(bounds, bounds[1:], strict=False)])
     torch.testing.assert_close(means, expected)
     back = meta._broadcast(expected)
+    assert back.shape == (3, 265)
     for g, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
-        assert torch.equal(back[a:b], expected[g].expand(b - a, 3))
+        assert torch.equal(back[:, a:b], expected[g].unsqueeze(1).expand(3, b - a))
     assert torch.equal(meta._chunk_embeddings(), meta.tensor_embedding[meta.tensor_of_chunk])
 
 

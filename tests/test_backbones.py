@@ -130,10 +130,10 @@ def test_partial_adaptation_holds_the_frozen_coordinates_and_meta_learns_them(
     rows = []
     theta = adapt(
         learner, meta, support_x, support_y, EPOCHS, BATCH,
-        on_step=lambda t, theta, state: rows.append(state.h.shape[1]),
+        on_step=lambda t, theta, state: rows.append(state.h.shape[-1]),
     )  # fmt: skip
     assert rows == [learner.num_adapted] * EPOCHS * 2  # the LSTM sees the adapted rows only
-    assert meta.initial_state().c.shape == (learner.num_adapted, 6)
+    assert meta.initial_state().c.shape == (6, learner.num_adapted)  # hidden-major
     adapted, frozen = learner.split(theta)
     c_adapted, c_frozen = learner.split(meta.c_init)
     assert torch.equal(frozen, c_frozen)  # held at θ_0 exactly

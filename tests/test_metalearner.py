@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from attnopt.adapt import adapt, query_logits
 from attnopt.models.learner import Conv4Learner, reference_module
-from attnopt.models.metalearner import MetaLearner
+from attnopt.models.metalearner import MetaLearner, preprocess
 
 
 @pytest.fixture
@@ -132,3 +132,27 @@ def test_meta_learner_gradcheck_in_float64() -> None:
 
     inputs = tuple(p.detach().clone().requires_grad_() for p in metalearner.parameters())
     assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("tasks", [(), (3,)])
+def test_hidden_major_lstm_cell_equals_torch_lstm_cell(tasks: tuple[int, ...]) -> None:
+    """The meta-learner's own LSTM cell (one matrix product, gates as contiguous blocks) is
+    ``nn.LSTMCell`` on x = [prep(L_t), prep(∇_t)], one row per coordinate."""
+    torch.manual_seed(0)
+    p, hidden = 50, 6
+    metalearner = MetaLearner(torch.zeros(p), hidden_size=hidden).double()
+    with torch.no_grad():
+        for w in metalearner.lstm.parameters():
+            w.normal_()
+    grad = torch.randn(*tasks, p, dtype=torch.float64) * 10.0 ** torch.randint(-6, 1, (*tasks, p))
+    loss = torch.rand(tasks, dtype=torch.float64) + 0.1
+    h, c = torch.randn(2, *tasks, hidden, p, dtype=torch.float64).unbind(0)
+    new_h, new_c = metalearner._lstm_cell(grad, loss, h, c)
+
+    x = torch.cat((preprocess(loss).unsqueeze(-2).expand(*tasks, p, 2), preprocess(grad)), -1)
+    rows = (-1, hidden)
+    ref_h, ref_c = metalearner.lstm(
+        x.reshape(-1, 4), (h.transpose(-1, -2).reshape(rows), c.transpose(-1, -2).reshape(rows))
+    )
+    torch.testing.assert_close(new_h.transpose(-1, -2).reshape(rows), ref_h)
+    torch.testing.assert_close(new_c.transpose(-1, -2).reshape(rows), ref_c)

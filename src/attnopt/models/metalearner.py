@@ -21,22 +21,26 @@ from torch import nn
 PREPROCESS_P = 10.0
 
 
-def preprocess(v: torch.Tensor, p: float = PREPROCESS_P) -> torch.Tensor:
-    """Scale-free encoding of gradients and losses (Andrychowicz et al. 2016), shape (..., 2).
+def preprocess(v: torch.Tensor, p: float = PREPROCESS_P, dim: int = -1) -> torch.Tensor:
+    """Scale-free encoding of gradients and losses (Andrychowicz et al. 2016): the two
+    features stacked at ``dim``, shape (..., 2) by default.
 
     (log|v| / p, sign v) if |v| >= e^-p, else (-1, e^p · v).
     """
     big = v.abs() >= math.exp(-p)
     log_part = torch.where(big, torch.log(v.abs().clamp_min(math.exp(-p))) / p, -torch.ones_like(v))
     sign_part = torch.where(big, torch.sign(v), math.exp(p) * v)
-    return torch.stack((log_part, sign_part), dim=-1)
+    return torch.stack((log_part, sign_part), dim=dim)
 
 
 @dataclass(frozen=True)
 class MetaState:
-    """Recurrent state between inner steps, one row per coordinate of θ.
+    """Recurrent state between inner steps, one column per coordinate of θ.
 
-    h, c: the shared LSTM's hidden and cell state, (*tasks, P, hidden_size).
+    h, c: the shared LSTM's hidden and cell state, (*tasks, hidden_size, P): hidden-major, so
+    that each of the LSTM's gates is one contiguous block, which elementwise kernels vectorise
+    (aten's LSTM cell runs its sigmoids on (P, hidden) slices of a (P, 4·hidden) matrix: a
+    strided loop many times slower).
     f, i: the previous forget and input gates, (*tasks, P).
     ``tasks`` is () for one task, (B,) for a meta-batch of B tasks adapted together.
     """
@@ -99,12 +103,12 @@ class MetaLearner(nn.Module):
         """Zero LSTM state and zero previous gates for ``tasks`` (() or (B,)) tasks: one row
         per adapted coordinate."""
         like = self.c_init
-        zeros_h = like.new_zeros(*tasks, self.rows, self.hidden_size)
+        zeros_h = like.new_zeros(*tasks, self.hidden_size, self.rows)
         zeros = like.new_zeros(*tasks, self.rows)
         return MetaState(h=zeros_h, c=zeros_h, f=zeros, i=zeros)
 
     def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What the gates read of the LSTM state (..., P, hidden), and attention weights if any.
+        """What the gates read of the LSTM state (..., hidden, P), and attention weights if any.
 
         The plain model reads h_t itself.
         """
@@ -119,28 +123,48 @@ class MetaLearner(nn.Module):
         tasks is one call. ``grad`` and ``loss`` must be detached: the paper drops their
         dependence on the meta-parameters (first-order approximation).
         """
-        loss_features = preprocess(loss).unsqueeze(-2).expand(*grad.shape, 2)
-        x = torch.cat((loss_features, preprocess(grad)), dim=-1)
-        rows = (-1, self.hidden_size)
-        h, c = self.lstm(x.reshape(-1, 4), (state.h.reshape(rows), state.c.reshape(rows)))
-        h, c = h.view(state.h.shape), c.view(state.c.shape)
+        h, c = self._lstm_cell(grad, loss, state.h, state.c)
         ctx, attention = self.context(h)
-        # f_t = σ(W_F · [h_t, θ_{t-1}, f_{t-1}] + b_F)                        (paper, eq. 5)
-        f = torch.sigmoid(self._gate(self.forget_weight, ctx, theta, state.f) + self.forget_bias)
-        # i_t = σ(W_I · [h_t, θ_{t-1}, i_{t-1}] + b_I)                        (paper, eq. 4)
-        i = torch.sigmoid(self._gate(self.input_weight, ctx, theta, state.i) + self.input_bias)
+        # [f_t; i_t] = σ([W_F; W_I] · [h_t, θ_{t-1}, [f_{t-1}; i_{t-1}]] + [b_F; b_I])  (eqs. 4, 5)
+        weight = torch.stack((self.forget_weight, self.input_weight))  # (2, hidden + 2)
+        bias = torch.cat((self.forget_bias, self.input_bias)).unsqueeze(-1)
+        prev = torch.stack((state.f, state.i), dim=-2)  # (*tasks, 2, P)
+        gates = torch.matmul(weight[:, :-2], ctx) + theta.unsqueeze(-2) * weight[:, -2:-1]
+        gates = gates + prev * weight[:, -1:] + bias
+        f, i = torch.sigmoid(gates).unbind(-2)
         # θ_t = f_t ⊙ θ_{t-1} − i_t ⊙ ∇_t                                     (paper, eq. 2)
         theta = f * theta - i * grad
         return theta, MetaState(h=h, c=c, f=f, i=i, attention=attention)
 
-    forward = step  # lets torch.func.functional_call drive a step with substituted parameters
+    def _lstm_cell(
+        self, grad: torch.Tensor, loss: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``nn.LSTMCell`` on input x = [prep(L_t), prep(∇_t)], hidden-major: h, c
+        (*tasks, hidden, P). All gate pre-activations come from one matrix product, with the
+        loss's features (one per task) folded into the bias."""
+        lstm, hidden = self.lstm, self.hidden_size
+        # W_ih·x + b = W_ih[:, 2:]·prep(∇_t) + (W_ih[:, :2]·prep(L_t) + b_ih + b_hh)
+        bias = preprocess(loss) @ lstm.weight_ih[:, :2].T + lstm.bias_ih + lstm.bias_hh
+        lead = grad.shape[:-1]
+        weight = torch.cat(
+            (
+                lstm.weight_ih[:, 2:].expand(*lead, -1, -1),
+                lstm.weight_hh.expand(*lead, -1, -1),
+                bias.unsqueeze(-1),
+            ),
+            dim=-1,
+        )  # (*tasks, 4·hidden, 2 + hidden + 1)
+        inputs = torch.cat(
+            (preprocess(grad, dim=-2), h, grad.new_ones(*lead, 1, grad.shape[-1])), -2
+        )
+        gates = torch.matmul(weight, inputs)  # (*tasks, 4·hidden, P)
+        # split, not sliced: the backward of a split is one concatenation, while each slice's
+        # backward would fill a zero tensor the size of all the gates
+        in_gate, forget, cell, out = gates.split(hidden, dim=-2)
+        c = torch.addcmul(torch.sigmoid(forget) * c, torch.sigmoid(in_gate), torch.tanh(cell))
+        return torch.sigmoid(out) * torch.tanh(c), c
 
-    @staticmethod
-    def _gate(
-        weight: torch.Tensor, ctx: torch.Tensor, theta: torch.Tensor, prev: torch.Tensor
-    ) -> torch.Tensor:
-        """W · [ctx, θ, prev] without materialising the concatenation."""
-        return ctx @ weight[:-2] + theta * weight[-2] + prev * weight[-1]
+    forward = step  # lets torch.func.functional_call drive a step with substituted parameters
 
 
 def chunk_layout(tensor_sizes: Sequence[int], chunk: int) -> list[tuple[int, int]]:
@@ -200,18 +224,21 @@ class AttentionMetaLearner(MetaLearner):
         return self.tensor_of_chunk.shape[0]
 
     def _chunk_means(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., P, H) -> (..., G, H): the mean over each chunk, with views and reductions."""
-        lead, hidden = h.shape[:-2], h.shape[-1]
-        parts, start = [], 0
+        """(..., H, P) -> (..., G, H): the mean over each chunk, with views and reductions.
+
+        h is split in one operation (whose backward is one concatenation) rather than sliced
+        tensor by tensor (each slice's backward would fill an (H, P) tensor with zeros).
+        """
+        lead, hidden = h.shape[:-2], h.shape[-2]
+        sizes = [size for full, rest in self.layout for size in (full * self.chunk, rest)]
+        blocks, parts = iter(h.split(sizes, dim=-1)), []
         for full, rest in self.layout:
+            block, last = next(blocks), next(blocks)
             if full:
-                block = h[..., start : start + full * self.chunk, :]
-                parts.append(block.reshape(*lead, full, self.chunk, hidden).mean(-2))
-                start += full * self.chunk
-            if rest:
-                parts.append(h[..., start : start + rest, :].mean(-2, keepdim=True))
-                start += rest
-        return torch.cat(parts, dim=-2)
+                parts.append(block.reshape(*lead, hidden, full, self.chunk).mean(-1))
+            if rest:  # the tensor's last, partial chunk
+                parts.append(last.mean(-1, keepdim=True))
+        return torch.cat(parts, dim=-1).transpose(-1, -2)
 
     def _chunk_embeddings(self) -> torch.Tensor:
         """(G, H): every chunk's tensor embedding, ``tensor_embedding[tensor_of_chunk]`` made of
@@ -224,20 +251,21 @@ class AttentionMetaLearner(MetaLearner):
         return torch.cat(rows)
 
     def _broadcast(self, per_chunk: torch.Tensor) -> torch.Tensor:
-        """(..., G, H) -> (..., P, H): every coordinate gets its chunk's row, with expands only
+        """(..., G, H) -> (..., H, P): every coordinate gets its chunk's row, with expands only
         (indexing would make the backward a slow scatter-add)."""
-        lead, hidden = per_chunk.shape[:-2], per_chunk.shape[-1]
+        per_chunk = per_chunk.transpose(-1, -2)
+        lead, hidden = per_chunk.shape[:-2], per_chunk.shape[-2]
         parts, g = [], 0
         for full, rest in self.layout:
             if full:
-                rows = per_chunk[..., g : g + full, :].unsqueeze(-2)
-                rows = rows.expand(*lead, full, self.chunk, hidden)
-                parts.append(rows.reshape(*lead, full * self.chunk, hidden))
+                columns = per_chunk[..., g : g + full].unsqueeze(-1)
+                columns = columns.expand(*lead, hidden, full, self.chunk)
+                parts.append(columns.reshape(*lead, hidden, full * self.chunk))
                 g += full
             if rest:
-                parts.append(per_chunk[..., g : g + 1, :].expand(*lead, rest, hidden))
+                parts.append(per_chunk[..., g : g + 1].expand(*lead, hidden, rest))
                 g += 1
-        return torch.cat(parts, dim=-2)
+        return torch.cat(parts, dim=-1)
 
     def context(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """h̃_t = h_t + W_O · ctx_g for every coordinate of chunk g."""
