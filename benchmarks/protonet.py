@@ -33,7 +33,7 @@ from attnopt.data import load_split
 from attnopt.data.augment import make_augmentation
 from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, VAL_STREAM, Episode, EpisodeSampler
 from attnopt.errors import UserError
-from attnopt.evaluate import confidence_interval
+from attnopt.evaluation import confidence_interval
 from attnopt.fileio import write_csv
 from attnopt.runtime import seed_everything
 

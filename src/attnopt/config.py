@@ -30,6 +30,7 @@ DATA_SETS = (
 )
 CROP_MODES = ("none", "bbox")
 BN_MODES = ("support", "transductive")
+BN_TRAIN_MODES = ("same", *BN_MODES)
 AUGMENT_MODES = ("auto", "none")
 ATTENTION_MODES = ("both", "meta", "learner", "none")
 AMP_MODES = ("none", "bf16")
@@ -135,6 +136,19 @@ class Config:
         group="model",
         choices=BN_MODES,
     )
+    bn_train: str = setting(
+        "same",
+        "query BatchNorm statistics while meta-training (same: as --bn; the public port: "
+        "transductive, with support statistics at test)",
+        group="model",
+        choices=BN_TRAIN_MODES,
+    )
+    inner_grad_scale: float = setting(
+        1.0,
+        "multiplies the inner gradient ∇_t that the meta-learner reads and applies (1: the "
+        "mean cross-entropy's gradient; the public port: 1 / --batch-size)",
+        group="model",
+    )
     bn_eps: float = setting(1e-3, "BatchNorm epsilon", group="model")
     bn_momentum: float = setting(
         0.95, "accepted for the seed's scripts; unused: no running statistics", group="model"
@@ -145,6 +159,11 @@ class Config:
         "Adam learning rate (on --resume: applied to the restored optimizer)",
         group="meta-training",
         continuation=True,
+    )
+    init_lr_scale: float = setting(
+        1.0,
+        "learning rate of c_I (the learned initialisation θ_0) relative to --lr",
+        group="meta-training",
     )
     grad_clip: float = setting(0.25, "meta-gradient norm clip", group="meta-training")
     meta_batch: int = setting(
@@ -448,7 +467,14 @@ def validate(config: Config) -> None:
             raise UserError(f"{flag(f.name)} {value!r} is not one of {', '.join(choices)}")
     if not 1 <= config.attn_block <= 4:
         raise UserError(f"--attn-block must be 1, 2, 3 or 4, got {config.attn_block}")
-    for name in ("lr", "grad_clip", "bn_eps", "attn_lr_scale"):  # --grad-clip inf: no clipping
+    for name in (
+        "lr",
+        "grad_clip",
+        "bn_eps",
+        "attn_lr_scale",
+        "init_lr_scale",
+        "inner_grad_scale",
+    ):  # --grad-clip inf: no clipping
         value = getattr(config, name)
         if not value > 0 or (name != "grad_clip" and math.isinf(value)):
             raise UserError(f"{flag(name)} must be a positive number, got {value}")

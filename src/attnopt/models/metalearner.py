@@ -57,6 +57,11 @@ class MetaLearner(nn.Module):
         hidden_size: LSTM hidden size (20 in the paper).
     """
 
+    # Multiplies ∇_t before it is read and applied (``--inner-grad-scale``; the public port
+    # divides the mean cross-entropy's gradient by the mini-batch size). A plain attribute:
+    # it is a setting of the run, not a learned parameter.
+    grad_scale: float = 1.0
+
     def __init__(
         self, init_theta: torch.Tensor, input_size: int = 4, hidden_size: int = 20
     ) -> None:
@@ -111,6 +116,8 @@ class MetaLearner(nn.Module):
         tasks is one call. ``grad`` and ``loss`` must be detached: the paper drops their
         dependence on the meta-parameters (first-order approximation).
         """
+        if self.grad_scale != 1.0:
+            grad = grad * self.grad_scale
         loss_features = preprocess(loss).unsqueeze(-2).expand(*grad.shape, 2)
         x = torch.cat((loss_features, preprocess(grad)), dim=-1)
         rows = (-1, self.hidden_size)
