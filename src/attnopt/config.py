@@ -33,6 +33,7 @@ BN_MODES = ("support", "transductive")
 BN_TRAIN_MODES = ("same", *BN_MODES)
 AUGMENT_MODES = ("auto", "none")
 ATTENTION_MODES = ("both", "meta", "learner", "none")
+ATTN_FEEDS = ("gates", "lstm", "both")
 AMP_MODES = ("none", "bf16")
 
 
@@ -122,6 +123,20 @@ class Config:
         group="model",
         architecture=True,
         minimum=1,
+    )
+    attn_heads: int = setting(
+        1,
+        "heads of the meta-learner's attention (each with queries, keys and values of 16)",
+        group="model",
+        architecture=True,
+        minimum=1,
+    )
+    attn_feeds: str = setting(
+        "gates",
+        "what the meta-learner's attention context feeds: the gates of the step, the LSTM's "
+        "recurrent state (the next steps), or both",
+        group="model",
+        choices=ATTN_FEEDS,
     )
     attn_block: int = setting(
         3, "conv block (1-4) followed by the cross-attention", group="model", architecture=True

@@ -69,8 +69,9 @@ def build_model(config: Config, in_channels: int) -> FewShotModel:
             config.input_size,
             config.hidden_size,
             chunk=config.attn_chunk,
+            heads=config.attn_heads,
         )
     else:
         metalearner = MetaLearner(init_theta, config.input_size, config.hidden_size)
-    metalearner.grad_scale = config.inner_grad_scale
+    metalearner.grad_scale, metalearner.feeds = config.inner_grad_scale, config.attn_feeds
     return FewShotModel(learner, metalearner)
