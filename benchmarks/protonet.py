@@ -8,10 +8,12 @@ validation and test episodes are exactly attnopt's (same data, N, K, Q and fixed
 Adam, the best validation checkpoint is tested, one result line:
 
     python benchmarks/protonet.py --data folder --data-root /work/data/clipart \\
-        --image-size 32 --n-shot 5 --episode 1000 --val-freq 250 --csv /tmp/proto.csv
+        --image-size 32 --n-shot 5 --episode 1000 --val-freq 250 --save /tmp/proto
 
---csv writes each test episode's query accuracy (fraction) and loss, in the columns of
-attnopt's test_episodes.csv, for paired comparisons. In the result line train_s is the
+--save DIR writes the test record of an attnopt run: DIR/test.json (with the fingerprint of
+the test episodes) and DIR/test_episodes.csv (each episode's query accuracy and loss), and
+the best network as DIR/best.pt, so `attnopt compare DIR RUN_DIR` pairs ProtoNet with any
+attnopt run tested on the same episodes. In the result line train_s is the
 training loop with its validations and wall_s adds the test (decoding the data is not
 counted). Pass --threads 1 on a shared machine: two threads that compete with other jobs
 run several times slower than one.
@@ -23,6 +25,7 @@ import argparse
 import copy
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +36,9 @@ from attnopt.data import load_split
 from attnopt.data.augment import make_augmentation
 from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, VAL_STREAM, Episode, EpisodeSampler
 from attnopt.errors import UserError
-from attnopt.evaluation import confidence_interval
-from attnopt.fileio import write_csv
+from attnopt.evaluation import EvalResult, confidence_interval
+from attnopt.fileio import atomic_write, write_csv
+from attnopt.runfolder import write_test_record
 from attnopt.runtime import seed_everything
 
 
@@ -96,10 +100,10 @@ def main() -> None:
         ("--seed", int),
     ):
         parser.add_argument(flag, type=kind, help="as in attnopt train")
-    parser.add_argument("--csv", help="write the per-episode test results here")
+    parser.add_argument("--save", type=Path, help="write the test record (test.json) here")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     args = vars(parser.parse_args())
-    csv_path, threads = args.pop("csv"), args.pop("threads")
+    save, threads = args.pop("save"), args.pop("threads")
     if threads:
         torch.set_num_threads(threads)
     # attnopt's defaults and presets for everything not given, e.g. Q = 15, 600 test episodes
@@ -133,12 +137,15 @@ def main() -> None:
     test = EpisodeSampler(load_split(config, "test"), n, k, q, EVAL_SEED, TEST_STREAM)
     accuracy, losses = evaluate(net, test, config.episode_test, n)
     mean, ci = confidence_interval(accuracy)
-    if csv_path:
-        rows = [
-            {"episode": i, "accuracy": f"{a:.6g}", "loss": f"{lo:.6g}"}
-            for i, (a, lo) in enumerate(zip(accuracy.tolist(), losses.tolist(), strict=True))
-        ]
-        write_csv(csv_path, ("episode", "accuracy", "loss"), rows)
+    if save:
+        result = EvalResult(
+            mean, ci, config.episode_test, n, k, losses.mean().item(),
+            accuracy.double().numpy(), losses.double().numpy(),
+            episodes_id=test.identity(config.episode_test),
+        )  # fmt: skip
+        save.mkdir(parents=True, exist_ok=True)
+        atomic_write(save / "best.pt", lambda f: torch.save(best_state, f), "wb")
+        write_test_record(save / "test.json", result, save / "best.pt", best_episode, save)
     print(
         f"protonet: data={config.data} image_size={config.image_size} {n}-way {k}-shot "
         f"q={q} episodes={config.episode} seed={config.seed} augment={config.augment} "

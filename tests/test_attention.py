@@ -306,6 +306,15 @@ def test_attention_meta_parameters_take_a_scaled_learning_rate() -> None:
     assert len(make("none").param_groups(1e-3, 0.1)) == 1
 
 
+def test_c_init_takes_a_scaled_learning_rate_in_a_group_of_its_own() -> None:
+    model = make("both")
+    plain, init, attention = model.param_groups(lr=1e-3, attn_lr_scale=2.0, init_lr_scale=0.1)
+    assert [g["lr"] for g in (plain, init, attention)] == pytest.approx([1e-3, 1e-4, 2e-3])
+    assert init["params"] == [model.metalearner.c_init]
+    assert all(p is not model.metalearner.c_init for p in plain["params"] + attention["params"])
+    assert len(model.param_groups(1e-3, 2.0, init_lr_scale=1.0)) == 2  # as before: no group
+
+
 @pytest.mark.parametrize("block", (1, 2, 4))
 def test_cross_attention_after_any_block_starts_as_the_plain_model(block: int, episode) -> None:
     support_x, support_y, query_x = episode
@@ -322,3 +331,55 @@ def test_cross_attention_after_any_block_starts_as_the_plain_model(block: int, e
         other.metalearner.c_init, torch.cat((support_x, query_x)), 10
     )
     torch.testing.assert_close(weights.sum((-1, -2)), torch.ones(weights.shape[:2]))
+
+
+@pytest.mark.parametrize(("heads", "feeds"), [(2, "gates"), (1, "lstm"), (4, "both")])
+def test_untrained_attention_of_any_heads_and_feeds_is_the_plain_model(
+    heads: int, feeds: str, episode
+) -> None:
+    support_x, support_y, _ = episode
+    plain = make("none")
+    other = make("both", seed=5, attn_heads=heads, attn_feeds=feeds)
+    copy_plain_into(plain, other)
+    p = plain.metalearner.num_params
+    for a, b in zip(
+        trajectory(plain, support_x, support_y),
+        trajectory(other, support_x, support_y),
+        strict=True,
+    ):
+        assert torch.equal(a, b[:p])
+
+
+def test_each_head_attends_on_its_own_slice_of_queries_keys_and_values() -> None:
+    torch.manual_seed(0)
+    meta = AttentionMetaLearner(torch.randn(100), [60, 40], hidden_size=8, chunk=16, heads=2)
+    torch.nn.init.normal_(meta.attn_out.weight)
+    h = torch.randn(8, 100)  # hidden-major (H, P)
+    ctx, weights = meta.context(h)
+    tokens = meta._chunk_means(h) + meta._chunk_embeddings()
+    parts, maps = [], []
+    for j in range(2):
+        rows = slice(16 * j, 16 * (j + 1))
+        q, k, v = (
+            w.weight[rows] @ tokens.T for w in (meta.attn_query, meta.attn_key, meta.attn_value)
+        )
+        a = torch.softmax(q.T @ k / 4.0, dim=-1)  # √16 = 4
+        parts.append(a @ v.T)
+        maps.append(a)
+    expected = h + meta._broadcast(meta.attn_out(torch.cat(parts, dim=-1)))
+    torch.testing.assert_close(ctx, expected)
+    torch.testing.assert_close(weights, (maps[0] + maps[1]) / 2)  # shown: the heads' mean
+
+
+@pytest.mark.parametrize("feeds", ("gates", "lstm", "both"))
+def test_the_attention_context_feeds_what_attn_feeds_says(feeds: str) -> None:
+    torch.manual_seed(0)
+    meta = AttentionMetaLearner(torch.randn(100), [60, 40], hidden_size=8, chunk=16)
+    meta.feeds = feeds
+    theta, grad, loss = torch.randn(1, 100), torch.randn(1, 100), torch.tensor([1.3])
+    state = meta.initial_state((1,))
+    before_theta, before = meta.step(grad, loss, theta, state)  # W_O = 0: no context
+    torch.nn.init.normal_(meta.attn_out.weight)
+    after_theta, after = meta.step(grad, loss, theta, state)
+    assert torch.equal(before_theta, after_theta) == (feeds == "lstm")  # the gates read h̃
+    assert torch.equal(before.h, after.h) == (feeds == "gates")  # the LSTM carries h̃

@@ -62,6 +62,20 @@ def test_untrained_gates_start_as_gradient_descent_with_a_small_step(task) -> No
     torch.testing.assert_close(new, state.f * theta - state.i * grad)
 
 
+def test_inner_grad_scale_scales_the_gradient_the_meta_learner_reads_and_applies(task) -> None:
+    learner, metalearner, support_x, support_y, _ = task
+    pin_gates(metalearner, 0.05)
+    metalearner.grad_scale = 1 / 10  # the public port: the mean gradient / the batch size
+    theta_t = adapt(learner, metalearner, support_x, support_y, 1, 10)
+    _, grad = learner.loss_and_grad(metalearner.c_init[None], support_x[None], support_y[None])
+    torch.testing.assert_close(theta_t.detach(), metalearner.c_init.detach() - 0.005 * grad[0])
+    theta, state = metalearner.c_init.detach(), metalearner.initial_state()
+    _, scaled = metalearner.step(grad[0], torch.tensor(1.6), theta, state)
+    metalearner.grad_scale = 1.0
+    _, plain = metalearner.step(grad[0] / 10, torch.tensor(1.6), theta, state)
+    torch.testing.assert_close(scaled.h, plain.h)  # the LSTM reads the scaled gradient too
+
+
 def meta_loss(learner, metalearner, support_x, support_y, query_x) -> torch.Tensor:
     theta = adapt(learner, metalearner, support_x, support_y, 3, 10)
     logits = query_logits(learner, theta, support_x, query_x)
@@ -156,3 +170,20 @@ def test_hidden_major_lstm_cell_equals_torch_lstm_cell(tasks: tuple[int, ...]) -
     )
     torch.testing.assert_close(new_h.transpose(-1, -2).reshape(rows), ref_h)
     torch.testing.assert_close(new_c.transpose(-1, -2).reshape(rows), ref_c)
+
+
+@pytest.mark.parametrize(
+    ("bn", "bn_train", "expected"),
+    [
+        ("support", "same", "support"),
+        ("support", "transductive", "transductive"),
+        ("transductive", "support", "support"),
+    ],
+)
+def test_meta_training_normalises_the_query_set_as_bn_train_says(bn, bn_train, expected) -> None:
+    from attnopt.config import Config
+    from attnopt.objective import InnerLoop
+
+    config = Config(bn=bn, bn_train=bn_train)
+    assert InnerLoop.of(config, training=True).bn == expected
+    assert InnerLoop.of(config).bn == bn  # validation and test: --bn

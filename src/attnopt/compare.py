@@ -19,7 +19,7 @@ from attnopt.errors import UserError
 from attnopt.runfolder import TestRecord, read_test_record
 
 
-def _same_episodes(base: TestRecord, other: TestRecord) -> None:
+def check_same_episodes(base: TestRecord, other: TestRecord) -> None:
     """UserError unless both records scored the same episodes."""
     ids = base.summary.get("episodes_id"), other.summary.get("episodes_id")
     if not all(ids):
@@ -57,7 +57,7 @@ def compare(paths: Sequence[str | os.PathLike]) -> str:
     base = records[0]
     lines = [f"A = {base.path}: {_summary(base)}"]
     for other in records[1:]:
-        _same_episodes(base, other)
+        check_same_episodes(base, other)
         mean, low, high, p = paired_difference(base.accuracy, other.accuracy)
         diff = np.asarray(other.accuracy) - np.asarray(base.accuracy)
         lines.append(

@@ -31,8 +31,10 @@ DATA_SETS = (
 )
 CROP_MODES = ("none", "bbox")
 BN_MODES = ("support", "transductive")
+BN_TRAIN_MODES = ("same", *BN_MODES)
 AUGMENT_MODES = ("auto", "none")
 ATTENTION_MODES = ("both", "meta", "learner", "none")
+ATTN_FEEDS = ("gates", "lstm", "both")
 AMP_MODES = ("none", "bf16")
 ADAPT_MODES = ("all", "last", "head")
 # --adapt's default per backbone: the paper's for Conv-4; ResNet-12's by measurement
@@ -152,6 +154,20 @@ class Config:
         architecture=True,
         minimum=1,
     )
+    attn_heads: int = setting(
+        1,
+        "heads of the meta-learner's attention (each with queries, keys and values of 16)",
+        group="model",
+        architecture=True,
+        minimum=1,
+    )
+    attn_feeds: str = setting(
+        "gates",
+        "what the meta-learner's attention context feeds: the gates of the step, the LSTM's "
+        "recurrent state (the next steps), or both",
+        group="model",
+        choices=ATTN_FEEDS,
+    )
     attn_block: int = setting(
         3, "conv block (1-4) followed by the cross-attention", group="model", architecture=True
     )
@@ -165,6 +181,19 @@ class Config:
         group="model",
         choices=BN_MODES,
     )
+    bn_train: str = setting(
+        "same",
+        "query BatchNorm statistics while meta-training (same: as --bn; the public port: "
+        "transductive, with support statistics at test)",
+        group="model",
+        choices=BN_TRAIN_MODES,
+    )
+    inner_grad_scale: float = setting(
+        1.0,
+        "multiplies the inner gradient ∇_t that the meta-learner reads and applies (1: the "
+        "mean cross-entropy's gradient; the public port: 1 / --batch-size)",
+        group="model",
+    )
     bn_eps: float = setting(1e-3, "BatchNorm epsilon", group="model")
     bn_momentum: float = setting(
         0.95, "accepted for the seed's scripts; unused: no running statistics", group="model"
@@ -175,6 +204,11 @@ class Config:
         "Adam learning rate (on --resume: applied to the restored optimizer)",
         group="meta-training",
         continuation=True,
+    )
+    init_lr_scale: float = setting(
+        1.0,
+        "learning rate of c_I (the learned initialisation θ_0) relative to --lr",
+        group="meta-training",
     )
     grad_clip: float = setting(0.25, "meta-gradient norm clip", group="meta-training")
     meta_batch: int = setting(
@@ -488,7 +522,14 @@ def validate(config: Config) -> None:
         raise UserError(f"--attn-block must be 1, 2, 3 or 4, got {config.attn_block}")
     if config.attn_block < 1:
         raise UserError(f"--attn-block must be at least 1, got {config.attn_block}")
-    for name in ("lr", "grad_clip", "bn_eps", "attn_lr_scale"):  # --grad-clip inf: no clipping
+    for name in (
+        "lr",
+        "grad_clip",
+        "bn_eps",
+        "attn_lr_scale",
+        "init_lr_scale",
+        "inner_grad_scale",
+    ):  # --grad-clip inf: no clipping
         value = getattr(config, name)
         if not value > 0 or (name != "grad_clip" and math.isinf(value)):
             raise UserError(f"{flag(name)} must be a positive number, got {value}")

@@ -30,8 +30,10 @@ class InnerLoop:
     bn: str = "support"
 
     @classmethod
-    def of(cls, config: Config) -> InnerLoop:
-        return cls(config.epoch, config.batch_size, config.bn)
+    def of(cls, config: Config, training: bool = False) -> InnerLoop:
+        """The inner loop of validation and test, or of meta-training (``--bn-train``)."""
+        bn = config.bn_train if training and config.bn_train != "same" else config.bn
+        return cls(config.epoch, config.batch_size, bn)
 
 
 @dataclass(frozen=True)

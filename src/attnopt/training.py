@@ -64,7 +64,9 @@ class TrainingState:
         self, model: FewShotModel, config: Config, device: torch.device, procs: Processes
     ) -> None:
         self.model = model
-        self.optimizer = torch.optim.Adam(model.param_groups(config.lr, config.attn_lr_scale))
+        self.optimizer = torch.optim.Adam(
+            model.param_groups(config.lr, config.attn_lr_scale, config.init_lr_scale)
+        )
         last = Path(config.save) / "ckpts" / "last.pt"
         self.guard = DivergenceGuard(
             model.parameters(), self.optimizer, config.grad_clip, config.max_bad_steps, last, procs
@@ -97,9 +99,9 @@ class TrainingState:
         if "window" in state:
             self.window.copy_(state["window"])
 
-    def set_learning_rate(self, lr: float, attn_lr_scale: float) -> None:
+    def set_learning_rate(self, config: Config) -> None:
         """``--lr`` on resume: the restored optimizer takes the new learning rate."""
-        groups = self.model.param_groups(lr, attn_lr_scale)
+        groups = self.model.param_groups(config.lr, config.attn_lr_scale, config.init_lr_scale)
         for group, wanted in zip(self.optimizer.param_groups, groups, strict=True):
             group["lr"] = wanted["lr"]
 
@@ -200,7 +202,7 @@ class _Run:
         self.state, (self.train_sampler, self.val_sampler) = state, samplers
         self.run_dir = Path(config.save)
         self.channels = self.train_sampler.imageset.channels
-        self.inner = InnerLoop.of(config)
+        self.inner = InnerLoop.of(config, training=True)
         self.clock = _Clock()
         self.val_seconds = float("nan")  # per validation episode, for the test's estimate
         if config.compile:
@@ -326,7 +328,7 @@ def _start(
     state = TrainingState(model.to(device), config, device, procs)
     if config.resume:
         state.load_state_dict(ckpt, config.resume)
-        state.set_learning_rate(config.lr, config.attn_lr_scale)
+        state.set_learning_rate(config)
     has_best = True
     if procs.is_main:
         has_best = runfolder.create(config, overwrite)

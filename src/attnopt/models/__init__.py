@@ -24,15 +24,26 @@ class FewShotModel(nn.Module):
         self.learner = learner
         self.metalearner = metalearner
 
-    def param_groups(self, lr: float, attn_lr_scale: float) -> list[dict]:
+    def param_groups(
+        self, lr: float, attn_lr_scale: float, init_lr_scale: float = 1.0
+    ) -> list[dict]:
         """Adam parameter groups: the attention meta-parameters (γ, the meta-learner's
         projections and tensor embeddings) take ``attn_lr_scale`` times the learning rate
-        (``--attn-lr-scale``; 1 by default, one learning rate for everything as in the paper).
+        (``--attn-lr-scale``; 1 by default, one learning rate for everything as in the paper),
+        and c_I ``init_lr_scale`` times it (``--init-lr-scale``; a group of its own only when
+        it is not 1, so older checkpoints' optimizer states still fit).
         """
-        attention, rest = [], []
+        attention, init, rest = [], [], []
         for name, p in self.named_parameters():
-            (attention if ".attn_" in name or "embedding" in name else rest).append(p)
+            if ".attn_" in name or "embedding" in name:
+                attention.append(p)
+            elif name == "metalearner.c_init" and init_lr_scale != 1.0:
+                init.append(p)
+            else:
+                rest.append(p)
         groups = [{"params": rest, "lr": lr}]
+        if init:
+            groups.append({"params": init, "lr": lr * init_lr_scale})
         if attention:
             groups.append({"params": attention, "lr": lr * attn_lr_scale})
         return groups
@@ -79,9 +90,11 @@ def build_model(config: Config, in_channels: int) -> FewShotModel:
             config.input_size,
             config.hidden_size,
             chunk=config.attn_chunk,
+            heads=config.attn_heads,
         )
     else:
         metalearner = MetaLearner(
             init_theta, config.input_size, config.hidden_size, adapted=learner.num_adapted
         )
+    metalearner.grad_scale, metalearner.feeds = config.inner_grad_scale, config.attn_feeds
     return FewShotModel(learner, metalearner)

@@ -63,6 +63,15 @@ class MetaLearner(nn.Module):
             θ. With partial adaptation (``--adapt``) the step sees θ_a, those coordinates only.
     """
 
+    # Multiplies ∇_t before it is read and applied (``--inner-grad-scale``; the public port
+    # divides the mean cross-entropy's gradient by the mini-batch size). A plain attribute:
+    # it is a setting of the run, not a learned parameter.
+    grad_scale: float = 1.0
+    # What reads the gates' context h̃_t (``--attn-feeds``): "gates" (the gates of this step),
+    # "lstm" (the LSTM's recurrent state, hence the next steps) or "both". The plain model's
+    # context is h_t itself, so for it all three are the same.
+    feeds: str = "gates"
+
     def __init__(
         self,
         init_theta: torch.Tensor,
@@ -123,13 +132,16 @@ class MetaLearner(nn.Module):
         tasks is one call. ``grad`` and ``loss`` must be detached: the paper drops their
         dependence on the meta-parameters (first-order approximation).
         """
+        if self.grad_scale != 1.0:
+            grad = grad * self.grad_scale
         h, c = self._lstm_cell(grad, loss, state.h, state.c)
         ctx, attention = self.context(h)
+        read, h = (ctx if self.feeds != "lstm" else h), (ctx if self.feeds != "gates" else h)
         # [f_t; i_t] = σ([W_F; W_I] · [h_t, θ_{t-1}, [f_{t-1}; i_{t-1}]] + [b_F; b_I])  (eqs. 4, 5)
         weight = torch.stack((self.forget_weight, self.input_weight))  # (2, hidden + 2)
         bias = torch.cat((self.forget_bias, self.input_bias)).unsqueeze(-1)
         prev = torch.stack((state.f, state.i), dim=-2)  # (*tasks, 2, P)
-        gates = torch.matmul(weight[:, :-2], ctx) + theta.unsqueeze(-2) * weight[:, -2:-1]
+        gates = torch.matmul(weight[:, :-2], read) + theta.unsqueeze(-2) * weight[:, -2:-1]
         gates = gates + prev * weight[:, -1:] + bias
         f, i = torch.sigmoid(gates).unbind(-2)
         # θ_t = f_t ⊙ θ_{t-1} − i_t ⊙ ∇_t                                     (paper, eq. 2)
@@ -201,8 +213,10 @@ class AttentionMetaLearner(MetaLearner):
         hidden_size: int = 20,
         chunk: int = 64,
         attn_dim: int = 16,
+        heads: int = 1,
     ) -> None:
         super().__init__(init_theta, input_size, hidden_size, adapted=sum(tensor_sizes))
+        self.heads = heads
         if sum(tensor_sizes) > init_theta.numel():
             raise ValueError("tensor_sizes must add up to at most the number of parameters")
         self.chunk = chunk
@@ -213,10 +227,11 @@ class AttentionMetaLearner(MetaLearner):
         # Derived from the layout, so kept out of checkpoints.
         self.register_buffer("tensor_of_chunk", torch.tensor(tensor_of_chunk), persistent=False)
         self.tensor_embedding = nn.Parameter(0.1 * torch.randn(len(tensor_sizes), hidden_size))
-        self.attn_query = nn.Linear(hidden_size, attn_dim, bias=False)
-        self.attn_key = nn.Linear(hidden_size, attn_dim, bias=False)
-        self.attn_value = nn.Linear(hidden_size, attn_dim, bias=False)
-        self.attn_out = nn.Linear(attn_dim, hidden_size, bias=False)
+        width = attn_dim * heads  # every head has queries, keys and values of attn_dim
+        self.attn_query = nn.Linear(hidden_size, width, bias=False)
+        self.attn_key = nn.Linear(hidden_size, width, bias=False)
+        self.attn_value = nn.Linear(hidden_size, width, bias=False)
+        self.attn_out = nn.Linear(width, hidden_size, bias=False)
         nn.init.zeros_(self.attn_out.weight)  # start as the plain model
 
     @property
@@ -271,7 +286,12 @@ class AttentionMetaLearner(MetaLearner):
         """h̃_t = h_t + W_O · ctx_g for every coordinate of chunk g."""
         # token_g = mean of h_t over chunk g + embedding of its tensor
         tokens = self._chunk_means(h) + self._chunk_embeddings()
-        q, k, v = self.attn_query(tokens), self.attn_key(tokens), self.attn_value(tokens)
-        # ctx = softmax(Q Kᵀ / √d) V over the G tokens
+        # (..., G, heads·d) -> (..., heads, G, d)
+        q, k, v = (
+            w(tokens).unflatten(-1, (self.heads, -1)).transpose(-2, -3)
+            for w in (self.attn_query, self.attn_key, self.attn_value)
+        )
+        # ctx = softmax(Q Kᵀ / √d) V over the G tokens, per head
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-        return h + self._broadcast(self.attn_out(weights @ v)), weights
+        ctx = (weights @ v).transpose(-2, -3).flatten(-2)  # heads side by side
+        return h + self._broadcast(self.attn_out(ctx)), weights.mean(-3)
