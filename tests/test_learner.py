@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from attnopt.models.base import Learner
+from attnopt.models.grouped import to_grouped
 from attnopt.models.learner import Conv4Learner
 
 
@@ -103,3 +104,22 @@ def test_written_out_inner_step_equals_torch_func_grad_bit_for_bit(
     ref_loss, ref_grad = Learner.loss_and_grad(learner, theta, x, y)  # torch.func.grad
     assert torch.equal(loss, ref_loss)
     assert torch.equal(grad, ref_grad)  # every coordinate written (the buffer starts empty)
+
+
+@pytest.mark.parametrize(("tasks", "channels"), [(1, 1), (1, 3), (2, 1), (3, 3)])
+def test_grouped_activations_are_channels_last_also_for_one_channel(
+    tasks: int, channels: int
+) -> None:
+    """Grayscale images of one task have the same memory in NCHW and channels-last: the strides
+    must still say channels-last, or every convolution after them runs (slowly) in NCHW."""
+    x = torch.randn(tasks, 6, channels, 16, 16)  # NCHW strides, as a decoded episode may have
+    grouped = to_grouped(x)
+    width = tasks * channels
+    assert grouped.stride() == (16 * 16 * width, 1, 16 * width, width)
+    assert torch.equal(grouped[:, :channels], x[0])  # task 0's images: the first channels
+    assert torch.equal(grouped[:, -channels:], x[-1])
+    learner = Conv4Learner(channels, 5, 16)
+    weight = learner.unflatten(learner.init_theta().repeat(tasks, 1))["block0.conv.weight"]
+    conv = learner._conv(grouped, weight, None, padding=1)  # laid out by its input's strides
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert conv.stride()[1] == 1
