@@ -1,7 +1,9 @@
 """Meta-testing speed: seconds for 600 test episodes (adaptation + query scoring, no grad).
 
 One line per (configuration, --eval-batch): device, shapes, tasks adapted together, seconds for
---episodes episodes and episodes/s. Synthetic images in an in-memory ImageSet; never run by CI.
+--episodes episodes, episodes/s and the process's CPU milliseconds per episode (all threads: on
+a shared machine less inflated by the other jobs than the wall clock). Synthetic images in an
+in-memory ImageSet; never run by CI.
 
     python benchmarks/eval_speed.py --config glyphs-5shot --eval-batch 1 --eval-batch 20
     python benchmarks/eval_speed.py --device cuda --config mini-5shot --eval-batch 100
@@ -54,16 +56,17 @@ def measure(
     evaluate(model, sampler, config, min(episodes, 2 * eval_batch), device)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     evaluate(model, sampler, config, episodes, device)  # ends with a host copy: synchronised
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return (
         f"eval {name}: device={device.type} threads={torch.get_num_threads()} "
         f"attention={attention} "
         f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} steps={epochs}x{batch} "
         f"eval_batch={eval_batch} {'fp32' if amp == 'none' else amp} compile={compiled} "
         f"episodes={episodes} "
-        f"seconds={seconds:.1f} episodes/s={episodes / seconds:.1f}"
+        f"seconds={seconds:.1f} episodes/s={episodes / seconds:.1f} "
+        f"cpu_ms/episode={1000 * cpu / episodes:.0f}"
     )
 
 

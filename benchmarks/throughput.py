@@ -101,7 +101,7 @@ def measure(
         one_update()
     sync()
     warmup = time.perf_counter() - start
-    rates = []
+    rates, cpu_start = [], time.process_time()
     for _ in range(repeats):
         sync()
         start = time.perf_counter()
@@ -109,6 +109,8 @@ def measure(
             one_update()
         sync()
         rates.append(updates * tasks / (time.perf_counter() - start))
+    # the process's CPU time, all threads: on a shared machine less inflated than the clock
+    cpu_ms = 1000 * (time.process_time() - cpu_start) / (repeats * updates * tasks)
     return (
         f"{name}: device={device.type} threads={torch.get_num_threads()} "
         f"backbone={config.backbone} width={config.width} adapt={config.adapt} "
@@ -117,7 +119,7 @@ def measure(
         f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} "
         f"steps={epochs}x{batch} B={tasks} compile={compiled} "
         f"{'fp32' if amp == 'none' else amp} episodes/s={statistics.median(rates):.2f} "
-        f"(runs: {', '.join(f'{r:.2f}' for r in rates)}) "
+        f"(runs: {', '.join(f'{r:.2f}' for r in rates)}) cpu_ms/episode={cpu_ms:.0f} "
         f"peak_mem_mb={peak_memory_mb(device):.0f} warmup_s={warmup:.1f}"
     )
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnopt.models import inner_grad
 from attnopt.models.base import HEAD, Learner, ParamSpec, linear_head
 from attnopt.models.grouped import GroupedLearner, ungroup
 
@@ -82,6 +83,29 @@ class Conv4Learner(GroupedLearner):
     def _plain_init(self) -> torch.Tensor:
         """PyTorch's default initialisation of the equivalent ``nn.Module``s (global RNG)."""
         return nn.utils.parameters_to_vector(reference_module(self).parameters()).detach()
+
+    def loss_and_grad(
+        self,
+        theta: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        frozen: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`Learner.loss_and_grad`. With ``--adapt all`` in fp32 or fp64 on the CPU the
+        step runs written out (:mod:`attnopt.models.inner_grad`: the kernels autograd would
+        call, without its graph; the same result bit for bit, 15-25% faster); bf16 autocast,
+        torch.compile's tracing, GPUs and partial adaptation take ``torch.func.grad``."""
+        written_out = (
+            frozen is None
+            and self.amp_dtype is None
+            and theta.device.type == "cpu"
+            and theta.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling()
+        )
+        if written_out:
+            return inner_grad.loss_and_grad(self, theta, x, y)
+        return super().loss_and_grad(theta, x, y, frozen, features)
 
     def _stage(
         self, stage: str, p: dict[str, torch.Tensor], h: torch.Tensor, n_support: int, bn: str

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 PREPROCESS_P = 10.0
+CELL_COLUMNS = 4096  # coordinates per block of the LSTM cell when no graph is recorded
 
 
 def preprocess(v: torch.Tensor, p: float = PREPROCESS_P, dim: int = -1) -> torch.Tensor:
@@ -169,14 +170,33 @@ class MetaLearner(nn.Module):
         inputs = torch.cat(
             (preprocess(grad, dim=-2), h, grad.new_ones(*lead, 1, grad.shape[-1])), -2
         )
-        gates = torch.matmul(weight, inputs)  # (*tasks, 4·hidden, P)
-        # split, not sliced: the backward of a split is one concatenation, while each slice's
-        # backward would fill a zero tensor the size of all the gates
-        in_gate, forget, cell, out = gates.split(hidden, dim=-2)
-        c = torch.addcmul(torch.sigmoid(forget) * c, torch.sigmoid(in_gate), torch.tanh(cell))
-        return torch.sigmoid(out) * torch.tanh(c), c
+        if torch.is_grad_enabled() or grad.device.type != "cpu" or torch.compiler.is_compiling():
+            return _cell_update(torch.matmul(weight, inputs), c, hidden)
+        # Nothing to record (evaluation) on the CPU: the same operations on column blocks,
+        # whose (4·hidden, CELL_COLUMNS) gates stay in the cache between the matrix product
+        # and the elementwise passes (the product alone ran 1.7x faster so). The same result
+        # up to the rounding of the product (BLAS may round a narrow last block differently;
+        # at glyph, CIFAR and mini-ImageNet sizes it was bit for bit the same)
+        h_next, c_next = torch.empty_like(h), torch.empty_like(c)
+        for at in range(0, grad.shape[-1], CELL_COLUMNS):
+            cols = slice(at, at + CELL_COLUMNS)
+            h_next[..., cols], c_next[..., cols] = _cell_update(
+                torch.matmul(weight, inputs[..., cols]), c[..., cols], hidden
+            )
+        return h_next, c_next
 
     forward = step  # lets torch.func.functional_call drive a step with substituted parameters
+
+
+def _cell_update(
+    gates: torch.Tensor, c: torch.Tensor, hidden: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LSTM's h_t, c_t from its gate pre-activations (*tasks, 4·hidden, P) and c_{t-1}."""
+    # split, not sliced: the backward of a split is one concatenation, while each slice's
+    # backward would fill a zero tensor the size of all the gates
+    in_gate, forget, cell, out = gates.split(hidden, dim=-2)
+    c = torch.addcmul(torch.sigmoid(forget) * c, torch.sigmoid(in_gate), torch.tanh(cell))
+    return torch.sigmoid(out) * torch.tanh(c), c
 
 
 def chunk_layout(tensor_sizes: Sequence[int], chunk: int) -> list[tuple[int, int]]:
