@@ -2,8 +2,9 @@
 
 Each run meta-trains for --minutes of wall time (no validation: the whole budget goes to
 meta-updates; training is stopped by SIGINT, which saves ckpts/last.pt), then tests those
-final weights on the --episode-test fixed test episodes (the same for every run: paired). One
-result line per run, with the episodes the budget bought.
+final weights on the --episode-test fixed test episodes (the same for every run: paired) and
+writes the test record (RUN/evals/*.json, as ``attnopt test`` does) that ``attnopt compare``
+pairs. One result line per run, with the episodes the budget bought.
 
     python benchmarks/backbone_accuracy.py --minutes 4 --run conv4:32:all:none \
         --run resnet12:64:head:both
@@ -24,9 +25,24 @@ from pathlib import Path
 
 import torch
 
-from attnopt.api import evaluate, train
+from attnopt import runfolder
+from attnopt.api import train
+from attnopt.checkpoint import load_checkpoint
 from attnopt.config import resolve
 from attnopt.errors import Interrupted
+from attnopt.evaluation import test_checkpoint
+
+
+def test_and_record(checkpoint: str, run_dir: Path, episodes: int):
+    """``attnopt test --resume CHECKPOINT --episode-test EPISODES --cpu``: the result, and its
+    record in RUN_DIR/evals for ``attnopt compare``."""
+    ckpt = load_checkpoint(checkpoint)
+    config = resolve({"episode_test": episodes, "cpu": True}, base=ckpt["config"])
+    result = test_checkpoint(checkpoint, config, torch.device("cpu"))
+    record = run_dir / "evals" / f"{runfolder.eval_name(checkpoint, config)}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    runfolder.write_test_record(record, result, checkpoint, ckpt["episode"], run_dir)
+    return result, record
 
 
 def run(spec: str, args: argparse.Namespace) -> str:
@@ -53,13 +69,13 @@ def run(spec: str, args: argparse.Namespace) -> str:
     finally:
         stop.cancel()
     trained = time.perf_counter() - start
-    result = evaluate(checkpoint, device="cpu", episode_test=args.episode_test)
+    result, record = test_and_record(str(checkpoint), save, args.episode_test)
     return (
         f"budget: data={data} {args.image_size}px {args.shot}-shot backbone={backbone} "
         f"width={width} adapt={adapt} attention={attention} seed={args.seed} "
         f"threads={torch.get_num_threads()} minutes={args.minutes:g} episodes={episodes} "
         f"train_s={trained:.0f} test={result.accuracy:.2f}+-{result.ci95:.2f} "
-        f"({result.episodes} episodes) checkpoint={checkpoint}"
+        f"({result.episodes} episodes) record={record}"
     )
 
 

@@ -56,13 +56,13 @@ def saved_bytes(output: torch.Tensor) -> int:
 
 
 def measure(name: str, backbone: str, width: int | None, adapt: str | None, attention: str,
-            tasks: int, device: str) -> str:  # fmt: skip
+            tasks: int, device: str, attn_chunk: int = 64) -> str:  # fmt: skip
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
     torch.manual_seed(0)
     config = resolve(
         dict(
             n_class=n, n_shot=k, image_size=size, attention=attention, backbone=backbone,
-            width=width, adapt=adapt,
+            width=width, adapt=adapt, attn_chunk=attn_chunk,
         )
     )  # fmt: skip
     model = build_model(config, channels).to(device)
@@ -82,7 +82,7 @@ def measure(name: str, backbone: str, width: int | None, adapt: str | None, atte
     weights = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
     return (
         f"{name}: backbone={config.backbone} width={config.width} adapt={config.adapt} "
-        f"attention={attention} params={model.learner.num_params} "
+        f"attention={attention} attn_chunk={attn_chunk} params={model.learner.num_params} "
         f"adapted={model.learner.num_adapted} steps={epochs}x{batch} "
         f"per_task_gb={total / GB:.3f} (trajectory {trajectory / GB:.3f}, query forward "
         f"{(total - trajectory) / GB:.3f}) meta_params_with_adam_gb={weights / GB:.3f} "
@@ -97,17 +97,19 @@ def main() -> None:
     parser.add_argument("--width", type=int, action="append", help="default: the backbone's")
     parser.add_argument("--adapt", choices=ADAPT_MODES, action="append")
     parser.add_argument("--attention", choices=ATTENTION_MODES, action="append")
+    parser.add_argument("--attn-chunk", type=int, action="append", help="default: 64")
     parser.add_argument("--meta-batch", type=int, default=32, help="B of the prediction (32)")
     parser.add_argument("--device", default="meta", help="meta (count only) or cpu (check)")
     args = parser.parse_args()
-    for name, backbone, width, adapt, attention in itertools.product(
+    for name, backbone, width, adapt, attention, chunk in itertools.product(
         args.config or ["mini-5shot"],
         args.backbone or ["conv4"],
         args.width or [None],
         args.adapt or list(ADAPT_MODES),
         args.attention or ["none", "both"],
+        args.attn_chunk or [64],
     ):
-        line = measure(name, backbone, width, adapt, attention, args.meta_batch, args.device)
+        line = measure(name, backbone, width, adapt, attention, args.meta_batch, args.device, chunk)
         print(line, flush=True)
 
 

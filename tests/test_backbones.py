@@ -310,8 +310,11 @@ def test_resnet12_trains_from_the_command_line_and_its_checkpoint_keeps_its_back
     monkeypatch.setattr(attnopt.pipeline, "draw_figures", lambda *a, **k: None)  # test_plot's
     run = tmp_path / "run"
     flags = [*tiny_flags(folder_dataset, run), "--backbone", "resnet12", "--width", "2"]
-    assert main(["train", *flags, "--episode", "2", "--val-freq", "2", "--log-freq", "1"]) == 0
-    config = torch.load(run / "ckpts" / "best.pt", weights_only=True)["config"]
+    flags += ["--episode", "4", "--val-freq", "4", "--log-freq", "2", "--meta-batch", "2"]
+    assert main(["train", *flags]) == 0
+    ckpt = torch.load(run / "ckpts" / "best.pt", weights_only=True)
+    assert ckpt["episode"] == 4  # two meta-updates of two tasks
+    config = ckpt["config"]
     assert '"backbone": "resnet12"' in config and '"adapt": "head"' in config  # its default
     with open(run / "gates.csv", newline="") as f:  # gates of the adapted layers only
         assert {row["layer"] for row in csv.DictReader(f)} == {"head", "attn"}

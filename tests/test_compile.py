@@ -38,9 +38,17 @@ def _meta_update(model: FewShotModel, episode: tuple[torch.Tensor, ...]) -> list
     return [theta.detach(), loss.detach(), *grads, eval_logits]
 
 
-def test_compiled_inner_loop_equals_eager_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "learner",
+    [{}, {"backbone": "resnet12", "width": 2, "adapt": "last"}],
+    ids=["conv4", "resnet12-last"],
+)
+def test_compiled_inner_loop_equals_eager_in_float64(
+    learner: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every part that --compile can compile, on: same θ_T, meta-loss, meta-gradient and
-    evaluation logits as eager to float64 rounding.
+    evaluation logits as eager to float64 rounding, for Conv-4 and for ResNet-12 under
+    partial adaptation (the frozen stages computed once, outside the adapted graph).
 
     What is checked is our side: that TorchDynamo captures the parts (torch.func.grad inside,
     nested compiled forward, both attentions) and AOTAutograd differentiates them faithfully.
@@ -55,7 +63,7 @@ def test_compiled_inner_loop_equals_eager_in_float64(monkeypatch: pytest.MonkeyP
         torch, "compile", lambda f: compile_with(f, backend="aot_eager", fullgraph=True)
     )
     torch.manual_seed(0)
-    config = Config(n_class=3, n_shot=2, image_size=16, attention="both")
+    config = Config(n_class=3, n_shot=2, image_size=16, attention="both", **learner)
     eager = build_model(config, 1).double()
     with torch.no_grad():  # switch both attentions on (both start as the plain model)
         eager.learner.attn_scale.fill_(0.5)

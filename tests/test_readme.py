@@ -34,6 +34,7 @@ import pytest
 from conftest import make_folder_dataset, make_support, write_image
 
 import attnopt
+import attnopt.backbones
 import attnopt.pipeline
 from attnopt.cli import _settings as settings
 from attnopt.cli import build_parser, main
@@ -192,12 +193,20 @@ def test_readme_python_examples_run(sandbox: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(attnopt, "train", tiny_train)
     monkeypatch.setattr(attnopt, "evaluate", tiny_evaluate)
+    monkeypatch.setattr(attnopt.backbones, "_REGISTERED", {})  # the example registers its own
     examples = blocks("python")
-    assert len(examples) == 2
+    assert len(examples) == 3
+    namespaces: list[dict] = []
     for code in examples:
-        namespace: dict = {}
-        exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["result"].test.episodes == 1
+        namespaces.append({})
+        exec(compile(code, "README.md", "exec"), namespaces[-1])
+    assert [n["result"].test.episodes for n in namespaces if "result" in n] == [1, 1]
+    # the user-backbone example: its model is the registered backbone, trained with --adapt
+    # last; its function backbone builds a learner too
+    (own,) = [n for n in namespaces if "small_cnn" in n]
+    assert own["model"].config.backbone == "small_cnn" and own["model"].config.adapt == "last"
+    learner = attnopt.ModuleLearner(own["one_conv"](3, 16), 3, 5, 16)
+    assert learner.num_params == 16 * 3 * 9 + 16 + 5 * 16 + 5
 
 
 @pytest.mark.parametrize(
