@@ -37,7 +37,7 @@ from attnopt.data.augment import make_augmentation
 from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, VAL_STREAM, Episode, EpisodeSampler
 from attnopt.errors import UserError
 from attnopt.evaluation import EvalResult, confidence_interval
-from attnopt.fileio import atomic_write, write_csv
+from attnopt.fileio import atomic_write
 from attnopt.runfolder import write_test_record
 from attnopt.runtime import seed_everything
 
