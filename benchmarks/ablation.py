@@ -93,7 +93,8 @@ class Run:
 
     def config(self) -> Config:
         args = build_parser().parse_args(["train", *self.flags])
-        return train_config({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+        names = (f.name for f in dataclasses.fields(Config) if f.name in args)
+        return train_config({name: getattr(args, name) for name in names})
 
 
 def make_run(out: Path, common: Settings, variant: Settings, shot: int, seed: int) -> Run:

@@ -343,6 +343,7 @@ class TestPresets:
             ("fc100", 32, "auto"),
             ("omniglot", 28, "none"),
             ("cub", 84, "auto"),
+            ("folder", 84, "none"),
         ],
     )
     def test_each_data_set_has_its_papers_image_size(self, data, size, augment) -> None:

@@ -50,6 +50,7 @@ TINY = {
     ],
     "test": ["--episode-test", "1", "--n-eval", "1", "--epoch", "1", "--cpu"],
     "predict": ["--cpu"],
+    "pretrain": ["--pretrain-epochs", "1", "--image-size", "16", "--cpu"],
 }
 TINY_CONFIG = {
     "episode": 1,

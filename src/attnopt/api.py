@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from attnopt.adapt import adapt, query_logits
-from attnopt.checkpoint import load_checkpoint
+from attnopt.checkpoint import PRETRAINED, load_checkpoint, refuse_pretrained
 from attnopt.config import Config, init_config, resolve, resume_config
 from attnopt.data.decode import decode_image, image_to_array
 from attnopt.data.episodes import standardize, to_unit
@@ -52,16 +52,27 @@ def make_config(config: Config | None = None, **flags: Any) -> Config:
     return resolve(flags, base=config)
 
 
+def _given(flags: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def train_config(flags: dict[str, Any]) -> Config:
     """The Config of ``attnopt train`` with these flags: a new run; with ``resume`` the
     checkpoint's run continued (its settings, in its folder unless ``save`` is given); with
-    ``init`` a new run from the checkpoint's weights."""
+    ``init`` a new run from the checkpoint's weights (from a pre-trained feature extractor:
+    the data set's preset at the pre-training's image size and width, and the flags)."""
     if flags.get("resume"):
         path = flags["resume"]
-        saved = load_checkpoint(path)["config"]
-        return resume_config(flags, saved, str(path), str(run_dir_of(path)))
+        ckpt = load_checkpoint(path)
+        refuse_pretrained(ckpt, path)
+        return resume_config(flags, ckpt["config"], str(path), str(run_dir_of(path)))
     if flags.get("init"):
-        return init_config(flags, load_checkpoint(flags["init"])["config"])
+        ckpt = load_checkpoint(flags["init"])
+        if ckpt["kind"] == PRETRAINED:  # features only: the pre-training's Conv-4 and images
+            saved = ckpt["config"]
+            start = {"image_size": saved.image_size, "width": saved.width}
+            return resolve({**start, **_given(flags)})
+        return init_config(flags, ckpt["config"])
     return resolve(flags)
 
 

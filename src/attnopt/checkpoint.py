@@ -27,6 +27,9 @@ from attnopt.models import FewShotModel, build_model
 
 FORMAT = "attnopt-checkpoint"
 VERSION = 1
+# What a checkpoint holds: a meta-trained model (attnopt train), or a feature extractor from
+# attnopt pretrain, which only starts a new run (train --init).
+META_TRAINED, PRETRAINED = "meta-trained", "pretrained"
 _REQUIRED = {"config": str, "in_channels": int, "model": dict, "episode": int}
 
 
@@ -100,11 +103,14 @@ def save_checkpoint(
     best_episode: int,
     train_state: dict[str, Any] | None = None,
     rng: dict[str, Any] | None = None,
+    kind: str = META_TRAINED,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically (temp file beside it, fsync, rename).
 
     ``train_state`` holds whatever else the training loop needs to resume exactly (tensors
-    and plain values); ``rng`` the random generators' states (by default: as they are now).
+    and plain values); ``rng`` the random generators' states (by default: as they are now);
+    ``kind`` what the model is (META_TRAINED or PRETRAINED); ``extra`` plain values to keep.
     UserError, and nothing written, when the model or the optimizer holds a NaN or an
     infinity: a checkpoint is always a good one.
     """
@@ -128,6 +134,8 @@ def save_checkpoint(
         "best_episode": best_episode,
         "rng": rng if rng is not None else rng_states(),
         "train_state": train_state or {},
+        "kind": kind,
+        **(extra or {}),
     }
     buf = io.BytesIO()  # serialise first: a failing write then is a plain OSError
     torch.save(payload, buf)
@@ -193,6 +201,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {path} is damaged: its configuration is invalid ({e})"
         ) from None
     ckpt["config"] = config
+    ckpt.setdefault("kind", META_TRAINED)  # older checkpoints
+    if ckpt["kind"] not in (META_TRAINED, PRETRAINED):
+        raise UserError(f"checkpoint {path} is damaged: unknown kind {ckpt['kind']!r}")
     return ckpt
 
 
@@ -224,6 +235,7 @@ def model_from_checkpoint(
 ) -> FewShotModel:
     """The model stored in ``ckpt`` (read from ``path``), after checking that ``config`` and
     ``in_channels``-channel data build the same shapes."""
+    refuse_pretrained(ckpt, path)
     check_compatible(ckpt, config, in_channels, path)
     model = build_model(config, in_channels)
     try:
@@ -236,3 +248,13 @@ def model_from_checkpoint(
             "was trained"
         ) from None
     return model
+
+
+def refuse_pretrained(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """UserError when ``ckpt`` is a pre-trained feature extractor: it holds no meta-learner,
+    so it can only start a new run."""
+    if ckpt["kind"] == PRETRAINED:
+        raise UserError(
+            f"{path} is a feature extractor from attnopt pretrain, not a meta-trained model; "
+            f"start a new run from it with attnopt train --init {path}"
+        )

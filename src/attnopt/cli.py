@@ -1,4 +1,4 @@
-"""Command line: ``attnopt train|test|predict|plot|report|info|compare`` and the seed's
+"""Command line: ``attnopt train|pretrain|test|predict|plot|report|info|compare`` and the seed's
 ``python main.py --mode train|test``.
 
 Every user error ends with exit status 2 and one line ``error: ...``. The flags of train and
@@ -62,6 +62,10 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}
     for field in dataclasses.fields(Config):
         meta = field.metadata
+        if command == "pretrain" and not meta["pretrain"]:
+            continue
+        if command != "pretrain" and meta["pretrain"] == "only":
+            continue
         if meta["train_only"] and command != "train":
             continue
         if meta["group"] not in groups:
@@ -107,6 +111,7 @@ def command_parser(sub: argparse._SubParsersAction, command: str) -> argparse.Ar
     """The parser of one sub-command."""
     helps = {
         "train": "meta-train, then test the best checkpoint",
+        "pretrain": "pre-train the learner's features on the training classes (for train --init)",
         "test": "evaluate a checkpoint on the test split",
         "predict": "adapt to a folder of labelled images, classify others",
         "plot": "draw the gate and attention figures of a run",
@@ -115,15 +120,15 @@ def command_parser(sub: argparse._SubParsersAction, command: str) -> argparse.Ar
         "compare": "paired comparison of runs tested on the same episodes",
     }
     p = sub.add_parser(command, help=helps[command], description=helps[command])
-    if command in ("train", "test"):
+    if command in ("train", "test", "pretrain"):
         _add_settings(p, command)
-    if command == "train":
+    if command in ("train", "pretrain"):
         p.add_argument(
             "--overwrite",
             action="store_true",
             help="replace a run already in the --save folder (otherwise an error)",
         )
-    elif command == "predict":
+    if command == "predict":
         _add_predict_flags(p)
     elif command in ("plot", "report"):
         p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (--save of a run)")
@@ -140,7 +145,7 @@ def command_parser(sub: argparse._SubParsersAction, command: str) -> argparse.Ar
     return p
 
 
-COMMANDS = ("train", "test", "predict", "plot", "report", "info", "compare")
+COMMANDS = ("train", "pretrain", "test", "predict", "plot", "report", "info", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,9 +168,20 @@ def _train(args: argparse.Namespace) -> None:
         print(f"test accuracy {result.test.summary()}")
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from attnopt.config import resolve
+    from attnopt.pretrain import pretrain
+
+    result = pretrain(resolve(_settings(args)), args.overwrite)
+    print(
+        f"pre-trained {result.checkpoint}: training loss {result.loss:.4f}, accuracy "
+        f"{result.accuracy:.2f}% in the last epoch (augmented images)"
+    )
+
+
 def _test(args: argparse.Namespace) -> None:
     from attnopt import runfolder
-    from attnopt.checkpoint import load_checkpoint
+    from attnopt.checkpoint import load_checkpoint, refuse_pretrained
     from attnopt.config import resolve
     from attnopt.evaluation import test_checkpoint
     from attnopt.runtime import select_device
@@ -173,6 +189,7 @@ def _test(args: argparse.Namespace) -> None:
     if not args.resume:
         raise UserError("test needs --resume CKPT, the checkpoint to evaluate")
     ckpt = load_checkpoint(args.resume)
+    refuse_pretrained(ckpt, args.resume)
     config = resolve(_settings(args), base=ckpt["config"])
     run_dir = Path(args.save) if args.save else runfolder.run_dir_of(args.resume)
     device = select_device(config.cpu)
@@ -244,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parse(argv)
         commands = {
             "train": _train,
+            "pretrain": _pretrain,
             "test": _test,
             "predict": _predict,
             "plot": _plot,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from attnopt.checkpoint import load_checkpoint
+from attnopt.checkpoint import PRETRAINED, load_checkpoint
 from attnopt.config import Config
 from attnopt.runfolder import run_dir_of
 
@@ -32,6 +32,8 @@ def describe(path: str | os.PathLike) -> str:
     """A few lines: data, task, model, training, best validation and test result."""
     ckpt = load_checkpoint(path)
     c: Config = ckpt["config"]
+    if ckpt["kind"] == PRETRAINED:
+        return _describe_pretrained(path, ckpt)
     params = ckpt["model"]["metalearner.c_init"].numel()
     data = c.data + (f" ({c.data_root})" if c.data_root else "")
     lines = [
@@ -61,3 +63,19 @@ def describe(path: str | os.PathLike) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         lines.append("test: none recorded beside it")
     return "\n".join(lines)
+
+
+def _describe_pretrained(path: str | os.PathLike, ckpt: dict) -> str:
+    c: Config = ckpt["config"]
+    data = c.data + (f" ({c.data_root})" if c.data_root else "")
+    return "\n".join(
+        [
+            f"checkpoint {path}: a feature extractor from attnopt pretrain (start a run from "
+            f"it with attnopt train --init {path})",
+            f"data: {data}, {c.image_size}x{c.image_size}, {ckpt['in_channels']} channel(s), "
+            f"{len(ckpt.get('classes', ()))} training classes",
+            f"pre-training: {ckpt['episode']} epochs, SGD lr {c.pretrain_lr:g}, batch "
+            f"{c.pretrain_batch}, augment {c.augment}, seed {c.seed}; last epoch's training "
+            f"accuracy {ckpt['best_accuracy']:.2f}%",
+        ]
+    )

@@ -20,6 +20,7 @@ import torch
 
 from attnopt import distributed, runfolder
 from attnopt.checkpoint import (
+    PRETRAINED,
     load_checkpoint,
     model_from_checkpoint,
     restore_rng_states,
@@ -37,6 +38,7 @@ from attnopt.evaluation import eval_sampler, evaluate
 from attnopt.guard import DivergenceGuard
 from attnopt.models import FewShotModel, build_model
 from attnopt.objective import EpisodeScore, InnerLoop, meta_update, score_episodes
+from attnopt.pretrain import init_from_pretrained
 from attnopt.runlog import RunLog
 from attnopt.runtime import seed_everything
 
@@ -321,8 +323,10 @@ def _start(
     train_sampler = EpisodeSampler(
         train_set, config.n_class, config.n_shot, config.n_eval, config.seed
     )
-    if ckpt is None:
+    if ckpt is None or ckpt["kind"] == PRETRAINED:
         model = build_model(config, train_set.channels)
+        if ckpt is not None:
+            init_from_pretrained(model, ckpt, config.init_head, source)
     else:
         model = model_from_checkpoint(ckpt, config, train_set.channels, source)
     state = TrainingState(model.to(device), config, device, procs)
@@ -338,6 +342,11 @@ def _start(
             log.info("resumed from %s at episode %d", config.resume, state.episode)
             if config.lr != ckpt["config"].lr:
                 log.info("learning rate %g (was %g)", config.lr, ckpt["config"].lr)
+        elif config.init and ckpt["kind"] == PRETRAINED:
+            log.info(
+                "new run: c_I's features from %s (pre-trained %d epochs on %d classes), head %s",
+                config.init, ckpt["episode"], len(ckpt.get("classes", ())), config.init_head,
+            )  # fmt: skip
         elif config.init:
             log.info("new run from the weights of %s", config.init)
     if not distributed.all_processes(has_best, procs) and state.best_episode:
