@@ -17,6 +17,7 @@ from attnopt.data.episodes import EpisodeSampler
 from attnopt.data.imageset import ImageSet
 from attnopt.data.prefetch import prefetch
 from attnopt.evaluation import evaluate
+from attnopt.graph_memory import saved_bytes
 from attnopt.models import FewShotModel, build_model
 
 TASKS, EPOCHS, BATCH = 3, 2, 5
@@ -187,24 +188,6 @@ def test_meta_batch_must_split_evenly_across_processes(monkeypatch, capsys, tmp_
     assert "--meta-batch 3 cannot be split across 2 processes" in capsys.readouterr().err
 
 
-def saved_tensor_bytes(output: torch.Tensor) -> int:
-    """Bytes of the distinct tensors that the autograd graph of ``output`` keeps."""
-    seen, total, stack, visited = set(), 0, [output.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in visited:
-            continue
-        visited.add(node)
-        for name in dir(node):
-            if name.startswith("_saved_"):
-                value = getattr(node, name)
-                if isinstance(value, torch.Tensor) and value.data_ptr() not in seen:
-                    seen.add(value.data_ptr())
-                    total += value.numel() * value.element_size()
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return total
-
-
 def test_the_meta_graph_keeps_no_activations_of_the_inner_steps() -> None:
     """The meta-gradient needs θ's trajectory, not the learner's activations of the inner
     steps: the graph of θ_T keeps as much for 16x16 as for 31x31 images (same P: both end in
@@ -217,7 +200,7 @@ def test_the_meta_graph_keeps_no_activations_of_the_inner_steps() -> None:
         support_x = torch.randn(2, 10, 3, size, size)
         support_y = torch.arange(5).repeat(2).expand(2, -1)
         theta = adapt_tasks(model.learner, model.metalearner, support_x, support_y, 3, 5)
-        return saved_tensor_bytes(theta)
+        return saved_bytes(theta)
 
     small, large = kept(16), kept(31)
     assert small > 0
