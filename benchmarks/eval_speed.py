@@ -15,11 +15,9 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as attnopt sets it (attnopt/__init__.py)
-
 import numpy as np
 import torch
-from throughput import CONFIGS
+from throughput import CONFIGS, thread_count
 
 from attnopt.compilation import compile_model
 from attnopt.config import AMP_MODES, ATTENTION_MODES, Config
@@ -60,7 +58,7 @@ def measure(
     evaluate(model, sampler, config, episodes, device)  # ends with a host copy: synchronised
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return (
-        f"eval {name}: device={device.type} threads={torch.get_num_threads()} "
+        f"eval {name}: device={device.type} threads={thread_count()} "
         f"attention={attention} "
         f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} steps={epochs}x{batch} "
         f"eval_batch={eval_batch} {'fp32' if amp == 'none' else amp} compile={compiled} "
@@ -79,11 +77,14 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--compile", action="store_true", help="as attnopt's --compile")
     parser.add_argument("--attention", choices=ATTENTION_MODES, action="append")
-    parser.add_argument("--threads", type=int, help="torch's intra-op threads (its default)")
+    parser.add_argument(
+        "--threads", type=int, help="fixed intra-op threads (default: attnopt's thread governor)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     keep_freed_memory()  # as every attnopt run does (attnopt.runtime.select_device)
-    if args.threads:
+    if args.threads:  # fixed, as OMP_NUM_THREADS fixes them for attnopt
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
     for name in args.config or ["glyphs-5shot"]:
         for attention in args.attention or ["none"]:

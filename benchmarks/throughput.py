@@ -21,8 +21,6 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as attnopt sets it (attnopt/__init__.py)
-
 import torch
 
 from attnopt.backbones import BUILT_IN
@@ -34,6 +32,7 @@ from attnopt.guard import DivergenceGuard
 from attnopt.models import build_model
 from attnopt.objective import InnerLoop, meta_update, score_episodes
 from attnopt.runtime import keep_freed_memory
+from attnopt.threads import governor
 
 # name: (channels, image size, N, K, Q, inner epochs, inner batch size)
 CONFIGS = {
@@ -86,10 +85,12 @@ def measure(
         query_y=torch.arange(n, device=device).repeat(q).expand(tasks, -1),
     )
     inner = InnerLoop(epochs, batch)
+    threads = governor(device)
 
     def one_update() -> None:  # exactly what the training loop runs per meta-update
         score = score_episodes(model, episodes, inner)
         meta_update(guard, score.loss, 0, Processes())
+        threads.tick()
 
     def sync() -> None:
         if device.type == "cuda":
@@ -112,7 +113,7 @@ def measure(
     # the process's CPU time, all threads: on a shared machine less inflated than the clock
     cpu_ms = 1000 * (time.process_time() - cpu_start) / (repeats * updates * tasks)
     return (
-        f"{name}: device={device.type} threads={torch.get_num_threads()} "
+        f"{name}: device={device.type} threads={thread_count()} "
         f"backbone={config.backbone} width={config.width} adapt={config.adapt} "
         f"params={model.learner.num_params} adapted={model.learner.num_adapted} "
         f"attention={attention} attn_block={attn_block} "
@@ -122,6 +123,12 @@ def measure(
         f"(runs: {', '.join(f'{r:.2f}' for r in rates)}) cpu_ms/episode={cpu_ms:.0f} "
         f"peak_mem_mb={peak_memory_mb(device):.0f} warmup_s={warmup:.1f}"
     )
+
+
+def thread_count() -> str:
+    """'2', or 'auto(1)' where attnopt's thread governor chose the count (now 1)."""
+    now = torch.get_num_threads()
+    return str(now) if "OMP_NUM_THREADS" in os.environ else f"auto({now})"
 
 
 def main() -> None:
@@ -138,11 +145,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=5, help="meta-updates per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
-    parser.add_argument("--threads", type=int, help="torch's intra-op threads (its default)")
+    parser.add_argument(
+        "--threads", type=int, help="fixed intra-op threads (default: attnopt's thread governor)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     keep_freed_memory()  # as every attnopt run does (attnopt.runtime.select_device)
-    if args.threads:
+    if args.threads:  # fixed, as OMP_NUM_THREADS fixes them for attnopt
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as attnopt does on GPUs

@@ -8,14 +8,17 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# Before any test module imports torch, which reads these once. A fixed thread count: a run's
+# rounding depends on it, and the bit-for-bit tests must not see attnopt's thread governor
+# change it with the machine's load. Sleeping OpenMP threads: spinning ones made every tiny
+# parallel kernel wait for a thread to get a core on a loaded machine (a 4x2x16x16 batch norm
+# took 37 ms instead of 0.07 ms).
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Before any test module imports torch: attnopt sets OpenMP's wait policy (PASSIVE) that torch
-# reads when it loads. Without it, on a loaded machine every tiny parallel kernel waited for a
-# spinning thread to get a core (a 4x2x16x16 batch norm took 37 ms instead of 0.07 ms).
-import attnopt  # noqa: F401, E402  isort: skip
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -14,16 +14,9 @@ torch nor matplotlib; the submodules have names of their own (``attnopt.training
 from __future__ import annotations
 
 import importlib
-import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-
-# torch's OpenMP threads sleep while they wait instead of spinning. Read once, when torch is
-# first imported, so it is set here (an OMP_WAIT_POLICY of your own wins; importing torch
-# before attnopt keeps OpenMP's default). With spinning threads, a 2-core machine shared with
-# one other CPU-bound job ran attnopt 3-4x slower than with one thread (benchmarks/README.md).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "AdaptedTask": "attnopt.api",

@@ -400,7 +400,8 @@ class Config:
     )
     deterministic: bool = setting(
         False,
-        "GPU: deterministic algorithms only (slower); the CPU always is",
+        "GPU: deterministic algorithms only (slower); the CPU always is, at a fixed "
+        "OMP_NUM_THREADS",
         group="run",
         continuation=True,
         kind="switch",

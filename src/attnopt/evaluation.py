@@ -24,6 +24,7 @@ from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, VAL_STREAM, EpisodeSam
 from attnopt.data.imageset import ImageSet
 from attnopt.models import FewShotModel
 from attnopt.objective import InnerLoop, score_episodes
+from attnopt.threads import governor
 
 log = logging.getLogger("attnopt")
 
@@ -148,12 +149,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     progress = _Progress(episodes, desc, quiet=not procs.is_main)
+    threads = governor(device)
     with torch.no_grad():
         for at in range(0, len(share), per_batch):
             indices = share[at : at + per_batch]
             score = score_episodes(model, sampler.episodes(indices, device), inner)
             scores[:, at : at + len(indices)] = torch.stack((score.task_accuracy, score.task_loss))
             progress.update(len(indices) * procs.world)
+            threads.tick()
     progress.close()
     model.train(was_training)
     accuracy, loss = distributed.gather_episodes(scores, episodes, procs).cpu().double()

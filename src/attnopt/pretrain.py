@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnopt import threads
 from attnopt.checkpoint import PRETRAINED, save_checkpoint
 from attnopt.config import Config
 from attnopt.data import load_split
@@ -92,6 +93,7 @@ class _Classifier:
         self.augment = make_augmentation(config.augment, train_set.channels, config.image_size)
         self.labels = torch.from_numpy(train_set.labels.astype(np.int64))
         self.rng = np.random.default_rng([config.seed, 7])  # batches and augmentation
+        self.threads = threads.governor(device)
 
     def epoch(self, number: int) -> tuple[float, float]:
         """One pass over the training images in a new order: mean loss and accuracy (%)."""
@@ -114,6 +116,7 @@ class _Classifier:
             loss.backward()
             self.optimizer.step()
             self.schedule.step()
+            self.threads.tick()
             correct = (logits.detach().argmax(1) == y).sum().item()
             totals += (loss.item() * len(rows), correct, len(rows))
         return float(totals[0] / totals[2]), float(100 * totals[1] / totals[2])

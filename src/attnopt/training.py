@@ -41,6 +41,7 @@ from attnopt.objective import EpisodeScore, InnerLoop, meta_update, score_episod
 from attnopt.pretrain import init_from_pretrained
 from attnopt.runlog import RunLog
 from attnopt.runtime import seed_everything
+from attnopt.threads import governor
 
 log = logging.getLogger("attnopt")
 
@@ -206,6 +207,7 @@ class _Run:
         self.channels = self.train_sampler.imageset.channels
         self.inner = InnerLoop.of(config, training=True)
         self.clock = _Clock()
+        self.threads = governor(device)
         self.val_seconds = float("nan")  # per validation episode, for the test's estimate
         if config.compile:
             from attnopt.compilation import compile_model  # torch.compile: only when asked for
@@ -234,6 +236,7 @@ class _Run:
         score = score_episodes(self.state.model, episodes, self.inner, gates)
         if meta_update(self.state.guard, score.loss, episode, self.procs):
             self.state.record(score)
+        self.threads.tick()
 
     def log_window(self) -> None:
         lr = self.state.optimizer.param_groups[0]["lr"]
