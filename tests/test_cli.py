@@ -306,7 +306,10 @@ def test_evaluation_speaks_when_no_progress_bar_is_shown(
     monkeypatch.setattr(attnopt.evaluation, "PROGRESS_SECONDS", 0.0)  # a line per episode
     caplog.set_level("INFO", logger="attnopt")
     ckpt = trained_run / "ckpts" / "best.pt"
-    assert main(["test", "--resume", str(ckpt), "--episode-test", "3", "--cpu"]) == 0
+    assert (
+        main(["test", "--resume", str(ckpt), "--episode-test", "3", "--eval-batch", "1", "--cpu"])
+        == 0
+    )
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test: ")]
     assert [line.split(" episodes")[0] for line in lines] == ["test: 1/3", "test: 2/3"]
     assert all("left)" in line for line in lines)

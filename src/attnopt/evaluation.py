@@ -135,13 +135,13 @@ def evaluate(
 ) -> EvalResult:
     """Adapt to ``episodes`` episodes of ``sampler`` and score the query sets.
 
-    ``config.eval_batch`` episodes (by default 20 on a GPU, 1 on the CPU) are adapted
+    ``config.eval_batch`` episodes (by default 20 on a GPU, 4 on the CPU) are adapted
     together; the result does not depend on it (tasks never interact), only the speed does.
     Under torchrun (``procs``) every process takes its share of the episodes and all of them
     return the whole result, so no process waits while another evaluates alone.
     """
     procs = procs or distributed.Processes()
-    per_batch = config.eval_batch or (20 if device.type == "cuda" else 1)
+    per_batch = config.eval_batch or (20 if device.type == "cuda" else 4)
     inner = InnerLoop.of(config)
     share = procs.share_of(episodes)
     scores = torch.zeros(2, len(share), device=device)  # accuracy, loss per episode

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from attnopt.models.base import Learner
+from attnopt.models.support_norm import support_norm
 
 
 class GroupedLearner(Learner):
@@ -47,18 +48,7 @@ class GroupedLearner(Learner):
                     for part in (x[:n_support], x[n_support:])
                 ]
             )
-        # two passes (mean, then mean squared deviation): torch.var_mean's one-pass kernel is
-        # not vectorised for a reduction that keeps the innermost (channels-last) dimension,
-        # and took 20x as long at 84x84
-        support = x[:n_support]
-        # statistics in θ's precision (bf16 activations under --amp bf16: fp32)
-        mean = support.mean((0, 2, 3), dtype=torch.promote_types(x.dtype, weight.dtype))
-        var = (support - mean.view(1, -1, 1, 1)).square().mean((0, 2, 3))
-        scale = weight * torch.rsqrt(var + self.bn_eps)
-        shift = bias - mean * scale
-        # in x's precision: bf16 activations stay bf16 under --amp bf16
-        scale, shift = scale.to(x.dtype).view(1, -1, 1, 1), shift.to(x.dtype).view(1, -1, 1, 1)
-        return torch.addcmul(shift, x, scale)
+        return support_norm(x, weight, bias, n_support, self.bn_eps)
 
     def _tokens(self, h: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
         n, channels, height, width = h.shape
