@@ -98,7 +98,7 @@ def test_a_fixed_thread_count_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> 
     assert not isinstance(governor(torch.device("cpu")), ThreadGovernor)
 
 
-def test_training_and_evaluation_adjust_the_threads_after_every_episode(
+def test_training_and_evaluation_adjust_the_threads_after_every_update_and_batch(
     folder_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ticks: list[str] = []
@@ -113,5 +113,6 @@ def test_training_and_evaluation_adjust_the_threads_after_every_episode(
     monkeypatch.setattr(training, "governor", lambda device: Counting("train"))
     monkeypatch.setattr(evaluation, "governor", lambda device: Counting("eval"))
     flags = _as_kwargs(tiny_flags(folder_dataset, tmp_path / "run"))
-    attnopt.train(**{**flags, "episode": 3, "val_freq": 3, "episode_val": 2, "episode_test": 4})
-    assert ticks == ["train"] * 3 + ["eval"] * (2 + 4)
+    settings = {"episode": 3, "val_freq": 3, "episode_val": 2, "episode_test": 5, "eval_batch": 2}
+    attnopt.train(**{**flags, **settings})
+    assert ticks == ["train"] * 3 + ["eval"] * (1 + 3)  # evaluation batches of 2 episodes
