@@ -80,10 +80,11 @@ class ThreadGovernor:
     def tick(self) -> None:
         """Adjust the threads to the load since the last adjustment (at most once per
         :data:`CHECK_SECONDS`)."""
+        elapsed = self._clock() - self._last[0]
+        if elapsed < CHECK_SECONDS:
+            return  # before reading /proc/stat: this runs after every episode
         now = self._read()
         elapsed = now[0] - self._last[0]
-        if elapsed < CHECK_SECONDS:
-            return
         others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / elapsed
         self._last = now
         threads = threads_for(len(self.cpus) - others, self.most)
