@@ -83,6 +83,17 @@ def test_compare_refuses_a_record_without_its_episodes(
     assert "per-episode" in error_line(capsys)
 
 
+def test_compare_points_from_an_episodes_file_to_its_record(
+    trained_run: Path, tested: tuple[Path, Path], capsys
+) -> None:
+    episodes = trained_run / "test_episodes.csv"
+    assert main(["compare", str(episodes), str(trained_run)]) == 2
+    assert error_line(capsys).endswith(f"pass {trained_run / 'test.json'} instead")
+    best = tested[0]
+    assert main(["compare", str(best.with_name(best.stem + "_episodes.csv")), str(best)]) == 2
+    assert error_line(capsys).endswith(f"pass {best} instead")
+
+
 def test_compare_takes_run_folders(trained_run: Path, tmp_path: Path, capsys) -> None:
     twin = tmp_path / "twin"
     shutil.copytree(trained_run, twin)

@@ -204,6 +204,9 @@ def read_test_record(path: str | os.PathLike) -> TestRecord:
     """A run folder (its test.json) or a test record's JSON file, with its episodes."""
     path = Path(path)
     summary_path = path / "test.json" if path.is_dir() else path
+    if summary_path.suffix == ".csv":  # the per-episode file beside a record, not the record
+        record = summary_path.with_name(summary_path.name.removesuffix("_episodes.csv") + ".json")
+        raise UserError(f"{path} holds the episodes of {record.name}: pass {record} instead")
     if not summary_path.is_file():
         what = "has no test.json (it was not tested yet)" if path.is_dir() else "does not exist"
         raise UserError(f"{path} {what}; pass a run folder or a test record (.json)")
