@@ -12,12 +12,11 @@ in-memory ImageSet; never run by CI.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 import torch
-from throughput import CONFIGS, thread_count
+from throughput import CONFIGS, fix_threads, thread_count
 
 from attnopt.compilation import compile_model
 from attnopt.config import AMP_MODES, ATTENTION_MODES, Config
@@ -83,9 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     keep_freed_memory()  # as every attnopt run does (attnopt.runtime.select_device)
-    if args.threads:  # fixed, as OMP_NUM_THREADS fixes them for attnopt
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-        torch.set_num_threads(args.threads)
+    fix_threads(args.threads)
     for name in args.config or ["glyphs-5shot"]:
         for attention in args.attention or ["none"]:
             for eval_batch in args.eval_batch or [20]:

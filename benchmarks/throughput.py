@@ -125,6 +125,14 @@ def measure(
     )
 
 
+def fix_threads(count: int | None) -> None:
+    """``--threads N``: N threads throughout, as ``OMP_NUM_THREADS`` fixes them for attnopt;
+    None leaves the count to attnopt's thread governor."""
+    if count:
+        os.environ["OMP_NUM_THREADS"] = str(count)
+        torch.set_num_threads(count)
+
+
 def thread_count() -> str:
     """'2', or 'auto(1)' where attnopt's thread governor chose the count (now 1)."""
     now = torch.get_num_threads()
@@ -151,9 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     keep_freed_memory()  # as every attnopt run does (attnopt.runtime.select_device)
-    if args.threads:  # fixed, as OMP_NUM_THREADS fixes them for attnopt
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-        torch.set_num_threads(args.threads)
+    fix_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as attnopt does on GPUs
     learners = list(

@@ -289,8 +289,8 @@ class Config:
         continuation=True,
         minimum=1,
     )
-    # tasks adapted together in validation and test (same results); None: 20 on GPUs, 4 on
-    # CPUs (glyph evaluation 11.0 -> 12.8 episodes/s on 2 cores, mini-ImageNet 1.7 -> 1.9)
+    # tasks adapted together in validation and test (same results up to rounding); None: 20 on
+    # GPUs, 4 on CPUs (glyph evaluation 11.0 -> 12.8 episodes/s on 2 cores, mini 1.7 -> 1.9)
     eval_batch: int | None = setting(
         None,
         "tasks adapted together in validation and test (20 on GPUs, 4 on CPUs)",

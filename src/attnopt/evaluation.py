@@ -136,7 +136,7 @@ def evaluate(
     """Adapt to ``episodes`` episodes of ``sampler`` and score the query sets.
 
     ``config.eval_batch`` episodes (by default 20 on a GPU, 4 on the CPU) are adapted
-    together; the result does not depend on it (tasks never interact), only the speed does.
+    together; tasks never interact, so only the speed and the rounding depend on it.
     Under torchrun (``procs``) every process takes its share of the episodes and all of them
     return the whole result, so no process waits while another evaluates alone.
     """

@@ -72,19 +72,19 @@ class ThreadGovernor:
         self.cpus, self.most = cpus, most
         self._busy = busy or (lambda: busy_seconds(cpus))
         self._own, self._clock = own, clock
-        self._last = self._read()
+        self._last = self._read(clock())
 
-    def _read(self) -> tuple[float, float, float]:
-        return self._clock(), self._busy() or 0.0, self._own()
+    def _read(self, now: float) -> tuple[float, float, float]:
+        return now, self._busy() or 0.0, self._own()
 
     def tick(self) -> None:
         """Adjust the threads to the load since the last adjustment (at most once per
         :data:`CHECK_SECONDS`)."""
-        elapsed = self._clock() - self._last[0]
+        clock = self._clock()
+        elapsed = clock - self._last[0]
         if elapsed < CHECK_SECONDS:
             return  # before reading /proc/stat: this runs after every episode
-        now = self._read()
-        elapsed = now[0] - self._last[0]
+        now = self._read(clock)
         others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / elapsed
         self._last = now
         threads = threads_for(len(self.cpus) - others, self.most)
