@@ -145,6 +145,16 @@ def _recording_worker(rank: int, port: int, data: str, out: str) -> None:
     )
     attnopt.pipeline.train_and_test(config)
     Path(f"{out}.{rank}.json").write_text(json.dumps(seen))
+    # The run left the process group entirely: gloo threads alive into interpreter shutdown
+    # can abort the process after a successful run.
+    assert gloo_threads() == [], gloo_threads()
+
+
+def gloo_threads() -> list[str]:
+    """The names of this process's gloo threads (Linux; elsewhere none are seen)."""
+    tasks = Path("/proc/self/task")
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
+    return [name for name in names if "gloo" in name]
 
 
 def test_every_process_scores_its_share_of_validation_and_test_episodes(

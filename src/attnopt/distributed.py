@@ -10,6 +10,7 @@ every process evaluates and none waits for another; rank 0 alone logs and writes
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,6 +62,12 @@ def start(force_cpu: bool, meta_batch: int) -> tuple[Processes, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # Imported before the group exists: imported later (Adam's constructor does), it keeps
+        # references to the group, so destroy_process_group would leave gloo's threads running
+        # into interpreter shutdown, where they can abort the process ("terminate called
+        # without an active exception").
+        importlib.import_module("torch._dynamo")
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Processes(dist.get_rank(), dist.get_world_size()), device
 
