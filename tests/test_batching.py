@@ -141,6 +141,32 @@ def test_evaluation_does_not_depend_on_how_many_tasks_are_adapted_together() -> 
         assert r.ci95 == pytest.approx(results[0].ci95)
 
 
+def test_evaluation_speed_leaves_out_the_first_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test-time estimate uses the speed after the first batch: under --compile that
+    batch waits for the compiler (minutes), the others take what they will take."""
+    import attnopt.evaluation as evaluation
+
+    clock = iter(range(1000))
+    scored = []
+    real = evaluation.score_episodes
+
+    def slow_first_batch(*args, **kwargs):
+        scored.append(1)
+        for _ in range(100 if len(scored) == 1 else 2):  # the first batch: 100 ticks, others 2
+            next(clock)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "score_episodes", slow_first_batch)
+    monkeypatch.setattr(evaluation.time, "perf_counter", lambda: float(next(clock)))
+    config = Config(n_class=3, n_shot=2, epoch=1, batch_size=6, eval_batch=2)
+    model = build_model(Config(image_size=16, n_class=3, n_shot=2, batch_size=6), 3)
+    sampler = EpisodeSampler(imageset(), 3, 2, 2, seed=0)
+    result = evaluate(model, sampler, config, 7, torch.device("cpu"))
+    # batches of 2, 2, 2 and 1 episodes; counting the first would give at least 100 / 7
+    assert result.seconds > 100
+    assert 6 / 5 <= result.seconds_per_episode < 3
+
+
 def test_prefetch_keeps_the_order_and_raises_where_it_failed() -> None:
     assert list(prefetch(lambda i: i * i, range(7))) == [i * i for i in range(7)]
 

@@ -37,7 +37,9 @@ class EvalResult:
     """Mean accuracy (percent) over ``episodes`` N-way K-shot episodes and its 95% CI.
 
     ``episode_accuracy`` and ``episode_loss`` hold each episode's query accuracy (fraction)
-    and mean query cross-entropy, in episode order; ``seconds`` the wall time it took.
+    and mean query cross-entropy, in episode order; ``seconds`` the wall time it took and
+    ``seconds_per_episode`` an episode's time after the first batch (which, under
+    ``--compile``, includes compiling), for estimates of longer evaluations.
     """
 
     accuracy: float
@@ -49,6 +51,7 @@ class EvalResult:
     episode_accuracy: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     episode_loss: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     seconds: float = float("nan")
+    seconds_per_episode: float = float("nan")
     episodes_id: str = ""  # fingerprint of the episodes (EpisodeSampler.identity)
 
     def summary(self) -> str:
@@ -150,6 +153,7 @@ def evaluate(
     model.eval()
     progress = _Progress(episodes, desc, quiet=not procs.is_main)
     threads = governor(device)
+    warm = (start, 0)  # the clock and the episodes done after the first batch
     with torch.no_grad():
         for at in range(0, len(share), per_batch):
             indices = share[at : at + per_batch]
@@ -157,7 +161,10 @@ def evaluate(
             scores[:, at : at + len(indices)] = torch.stack((score.task_accuracy, score.task_loss))
             progress.update(len(indices) * procs.world)
             threads.tick()
+            if at == 0 and len(share) > len(indices):
+                warm = (time.perf_counter(), len(indices))
     progress.close()
+    end = time.perf_counter()
     model.train(was_training)
     accuracy, loss = distributed.gather_episodes(scores, episodes, procs).cpu().double()
     mean, ci = confidence_interval(accuracy)
@@ -170,7 +177,8 @@ def evaluate(
         loss.mean().item(),
         accuracy.numpy(),
         loss.numpy(),
-        time.perf_counter() - start,
+        end - start,
+        (end - warm[0]) / max((len(share) - warm[1]) * procs.world, 1),
         sampler.identity(episodes),
     )
 

@@ -289,7 +289,7 @@ class _Run:
             state.best_accuracy, state.best_episode = val.accuracy, state.episode
             self.save("best.pt")
         self.save("last.pt")
-        self.val_seconds = val.seconds / val.episodes
+        self.val_seconds = val.seconds_per_episode
         self.clock.exclude(since)
 
     def stop(self) -> None:
