@@ -58,7 +58,8 @@ def test_compare_prints_the_paired_difference_of_each_record_against_the_first(
     assert out[0].startswith(f"A = {best}: ")
     assert out[2].startswith(f"  B - A: {mean:+.2f} points (95% CI {low:+.2f} to {high:+.2f})")
     assert out[4].startswith("  B - A: +0.00 points")  # a record against itself
-    assert "equal on 6" in out[4]
+    assert "identical on every episode" in out[4] and "equal on 6" in out[4]
+    assert "p = " in out[2] and "nan" not in out[2] + out[4]
 
 
 def test_compare_refuses_records_of_other_episodes(

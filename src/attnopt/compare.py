@@ -60,10 +60,11 @@ def compare(paths: Sequence[str | os.PathLike]) -> str:
         check_same_episodes(base, other)
         mean, low, high, p = paired_difference(base.accuracy, other.accuracy)
         diff = np.asarray(other.accuracy) - np.asarray(base.accuracy)
+        test = f"paired t-test p = {p:.3g}" if p == p else "identical on every episode"
         lines.append(
             f"B = {other.path}: {_summary(other)}\n"
-            f"  B - A: {mean:+.2f} points (95% CI {low:+.2f} to {high:+.2f}), paired t-test "
-            f"p = {p:.3g}; B better on {int((diff > 0).sum())} episodes, worse on "
+            f"  B - A: {mean:+.2f} points (95% CI {low:+.2f} to {high:+.2f}), {test}; "
+            f"B better on {int((diff > 0).sum())} episodes, worse on "
             f"{int((diff < 0).sum())}, equal on {int((diff == 0).sum())}"
         )
     return "\n".join(lines)
