@@ -94,7 +94,7 @@ def test_torchrun_with_two_processes_trains_like_one_process(
         text=True,
         env=env,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, (done.stdout[-1500:], done.stderr[-3000:])
     assert done.stdout.count("test accuracy") == 1  # rank 0 alone reports
     lines = [len((run / "train.log").read_text().splitlines()) for run in (single, multi)]
     assert lines[0] == lines[1]  # rank 1 logged nothing of its own
