@@ -4,6 +4,7 @@ wherever a meta-trained model is needed, and user errors as one error line."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,27 @@ def test_info_describes_a_feature_extractor(pretrained: tuple[Path, Path], capsy
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "feature extractor from attnopt pretrain" in out and "6 training classes" in out
+
+
+@pytest.mark.parametrize("data", ["folder", "omniglot", "glyphs"])
+def test_pretraining_augments_even_where_meta_training_does_not(data: str, tmp_path: Path) -> None:
+    """Pre-training without augmentation over-fits its classes and gives meta-training
+    nothing (benchmarks/README.md): ``--augment auto`` unless the flag says otherwise, also
+    for the presets that meta-train without it."""
+    from attnopt.config import resolve, resolve_pretrain
+
+    flags = {"data": data, "data_root": str(tmp_path), "save": str(tmp_path / "pt")}
+    assert resolve_pretrain(flags).augment == "auto"
+    assert resolve_pretrain({**flags, "augment": "none"}).augment == "none"
+    assert resolve_pretrain({**flags, "augment": None}).augment == "auto"  # flag not given
+    if data != "glyphs":
+        assert resolve(flags).augment == "none"  # meta-training's default is unchanged
+
+
+def test_the_pretrain_command_augments_by_default(tmp_path: Path) -> None:
+    data = make_folder_dataset(tmp_path / "mini")
+    flags = pretrain_flags(data, tmp_path / "pt", "--pretrain-epochs", "1")
+    at = flags.index("--augment")
+    del flags[at : at + 2]
+    assert main(flags) == 0
+    assert json.loads((tmp_path / "pt" / "config.json").read_text())["augment"] == "auto"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from attnopt.config import Config, flag, preset_default
+from attnopt.config import PRETRAIN_DEFAULTS, Config, flag, preset_default
 from attnopt.errors import Interrupted, UserError, one_line, printable
 
 log = logging.getLogger("attnopt")
@@ -43,9 +43,11 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
-def _help(field: dataclasses.Field) -> str:
+def _help(field: dataclasses.Field, command: str) -> str:
     """The field's help text with its default, read from the config and the presets."""
     text = field.metadata["help"]
+    if command == "pretrain" and field.name in PRETRAIN_DEFAULTS:
+        return f"{text} (default: {PRETRAIN_DEFAULTS[field.name]})"
     by_data = preset_default(field.name)
     if by_data:
         return f"{text} (default by --data: {by_data})"
@@ -70,7 +72,7 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
             continue
         if meta["group"] not in groups:
             groups[meta["group"]] = parser.add_argument_group(meta["group"])
-        options: dict = {"dest": field.name, "default": None, "help": _help(field)}
+        options: dict = {"dest": field.name, "default": None, "help": _help(field, command)}
         if meta["kind"] == "switch":
             options["action"] = "store_true"
         elif meta["kind"] == "toggle":
@@ -169,10 +171,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from attnopt.config import resolve
+    from attnopt.config import resolve_pretrain
     from attnopt.pretrain import pretrain
 
-    result = pretrain(resolve(_settings(args)), args.overwrite)
+    result = pretrain(resolve_pretrain(_settings(args)), args.overwrite)
     print(
         f"pre-trained {result.checkpoint}: training loss {result.loss:.4f}, accuracy "
         f"{result.accuracy:.2f}% in the last epoch (augmented images)"

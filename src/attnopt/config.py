@@ -456,6 +456,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Pre-training augments whatever a data set's preset says for meta-training: on emoji 32x32
+# features pre-trained without augmentation (100% training accuracy) gave the meta-trained
+# model nothing (-0.35 points, paired), with it +4.78 (benchmarks/README.md, issue 14).
+PRETRAIN_DEFAULTS: dict[str, Any] = {"augment": "auto"}
+
+
 def preset_default(name: str) -> str | None:
     """'600 (glyphs), 50000 (miniimagenet, folder)' when the data set's preset sets field
     ``name``; None when the default is the same for every data set."""
@@ -517,6 +523,12 @@ def resolve(flags: dict[str, Any], base: Config | None = None) -> Config:
                 if derived not in given:
                     del values[derived]
     return _with_derived(values)
+
+
+def resolve_pretrain(flags: dict[str, Any]) -> Config:
+    """The Config of ``attnopt pretrain``: :func:`resolve` with :data:`PRETRAIN_DEFAULTS`
+    before the data set's preset."""
+    return resolve({**PRETRAIN_DEFAULTS, **_given(flags)})
 
 
 def resume_config(flags: dict[str, Any], saved: Config, checkpoint: str, run_dir: str) -> Config:
