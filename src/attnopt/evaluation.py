@@ -153,7 +153,7 @@ def evaluate(
     model.eval()
     progress = _Progress(episodes, desc, quiet=not procs.is_main)
     threads = governor(device)
-    warm = (start, 0)  # the clock and the episodes done after the first batch
+    warm = (start, 0)  # the clock when the first batch ended, and its episodes
     with torch.no_grad():
         for at in range(0, len(share), per_batch):
             indices = share[at : at + per_batch]
