@@ -13,10 +13,11 @@ Adam, the best validation checkpoint is tested, one result line:
 --save DIR writes the test record of an attnopt run: DIR/test.json (with the fingerprint of
 the test episodes) and DIR/test_episodes.csv (each episode's query accuracy and loss), and
 the best network as DIR/best.pt, so `attnopt compare DIR RUN_DIR` pairs ProtoNet with any
-attnopt run tested on the same episodes. In the result line train_s is the
-training loop with its validations and wall_s adds the test (decoding the data is not
-counted). Pass --threads 1 on a shared machine: two threads that compete with other jobs
-run several times slower than one.
+attnopt run tested on the same episodes. --init PRETRAINED starts the Conv-4 from the
+features of `attnopt pretrain` (the same start as `attnopt train --init PRETRAINED`). In the
+result line train_s is the training loop with its validations and wall_s adds the test
+(decoding the data is not counted). Pass --threads 1 on a shared machine: two threads that
+compete with other jobs run several times slower than one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnopt.checkpoint import PRETRAINED, load_checkpoint
 from attnopt.config import resolve
 from attnopt.data import load_split
 from attnopt.data.augment import make_augmentation
@@ -55,6 +57,23 @@ class Conv4Embedding(nn.Sequential):
                 nn.MaxPool2d(2),
             ]
         super().__init__(*layers, nn.Flatten())
+
+
+def load_features(net: Conv4Embedding, path: str) -> None:
+    """Start ``net`` from the convolution and BatchNorm weights of ``attnopt pretrain``'s
+    checkpoint ``path`` (the features that start c_I in ``attnopt train --init``)."""
+    ckpt = load_checkpoint(path)
+    if ckpt["kind"] != PRETRAINED:
+        raise UserError(f"--init {path} is not a checkpoint of attnopt pretrain")
+    state = {}
+    for b in range(4):  # nn.Sequential: conv, BatchNorm, ReLU, max-pool per block
+        for layer, part in ((4 * b, "conv"), (4 * b + 1, "bn")):
+            for kind in ("weight", "bias"):
+                state[f"{layer}.{kind}"] = ckpt["model"][f"block{b}.{part}.{kind}"]
+    try:
+        net.load_state_dict(state, strict=False)  # BatchNorm's running statistics: fresh
+    except RuntimeError as e:
+        raise UserError(f"--init {path} does not fit this Conv-4: {e}") from None
 
 
 def query_logits(net: nn.Module, ep: Episode, n_class: int) -> torch.Tensor:
@@ -101,9 +120,10 @@ def main() -> None:
     ):
         parser.add_argument(flag, type=kind, help="as in attnopt train")
     parser.add_argument("--save", type=Path, help="write the test record (test.json) here")
+    parser.add_argument("--init", help="start from the features of attnopt pretrain's checkpoint")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     args = vars(parser.parse_args())
-    save, threads = args.pop("save"), args.pop("threads")
+    save, threads, init = args.pop("save"), args.pop("threads"), args.pop("init")
     if threads:
         torch.set_num_threads(threads)
     # attnopt's defaults and presets for everything not given, e.g. Q = 15, 600 test episodes
@@ -115,6 +135,8 @@ def main() -> None:
     val = EpisodeSampler(val_set, n, k, q, EVAL_SEED, VAL_STREAM)
     augment = make_augmentation(config.augment, train_set.channels, config.image_size)
     net = Conv4Embedding(train_set.channels)
+    if init:
+        load_features(net, init)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
 
     start = time.perf_counter()

@@ -31,16 +31,15 @@ def test_the_paired_difference_is_the_mean_of_the_episode_differences() -> None:
 
 @pytest.fixture
 def tested(trained_run: Path, capsys) -> tuple[Path, Path]:
-    """Two test records of the tiny run on the same 6 episodes: best.pt and last.pt."""
-    for name in ("best", "last"):
-        ckpt = trained_run / "ckpts" / f"{name}.pt"
-        assert main(["test", "--resume", str(ckpt), "--episode-test", "6", "--cpu"]) == 0
+    """Two test records of the tiny run's best.pt on the same 6 episodes: its own BatchNorm
+    mode (support statistics) and ``--bn transductive``, saved elsewhere."""
+    ckpt = str(trained_run / "ckpts" / "best.pt")
+    assert main(["test", "--resume", ckpt, "--episode-test", "6", "--cpu"]) == 0
+    other = ["--bn", "transductive", "--save", str(trained_run / "other")]
+    assert main(["test", "--resume", ckpt, "--episode-test", "6", "--cpu", *other]) == 0
     capsys.readouterr()
-    evals = trained_run / "evals"
-    return (
-        evals / "best-3way-2shot-2query-6episodes.json",
-        evals / "last-3way-2shot-2query-6episodes.json",
-    )
+    name = "evals/best-3way-2shot-2query-6episodes.json"
+    return trained_run / name, trained_run / "other" / name
 
 
 def _accuracies(record: Path) -> np.ndarray:
@@ -51,10 +50,10 @@ def _accuracies(record: Path) -> np.ndarray:
 def test_compare_prints_the_paired_difference_of_each_record_against_the_first(
     tested: tuple[Path, Path], capsys
 ) -> None:
-    best, last = tested
-    assert main(["compare", str(best), str(last), str(best)]) == 0
+    best, transductive = tested
+    assert main(["compare", str(best), str(transductive), str(best)]) == 0
     out = capsys.readouterr().out.splitlines()
-    mean, low, high, _ = paired_difference(_accuracies(best), _accuracies(last))
+    mean, low, high, _ = paired_difference(_accuracies(best), _accuracies(transductive))
     assert out[0].startswith(f"A = {best}: ")
     assert out[2].startswith(f"  B - A: {mean:+.2f} points (95% CI {low:+.2f} to {high:+.2f})")
     assert out[4].startswith("  B - A: +0.00 points")  # a record against itself
@@ -77,9 +76,9 @@ def test_compare_refuses_records_of_other_episodes(
 def test_compare_refuses_a_record_without_its_episodes(
     tested: tuple[Path, Path], tmp_path: Path, capsys
 ) -> None:
-    best, last = tested
+    best, transductive = tested
     lonely = tmp_path / "lonely.json"
-    shutil.copy(last, lonely)
+    shutil.copy(transductive, lonely)
     assert main(["compare", str(best), str(lonely)]) == 2
     assert "per-episode" in error_line(capsys)
 

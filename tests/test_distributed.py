@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import attnopt.pipeline
 from attnopt import distributed
 from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.checkpoint import PRETRAINED, load_checkpoint
 from attnopt.cli import main
 from attnopt.config import Config, resolve
 from attnopt.data.episodes import TEST_STREAM, VAL_STREAM, EpisodeSampler
@@ -73,6 +74,7 @@ def flags(data: Path, save: Path) -> list[str]:
         f"train --data folder --data-root {data} --image-size 16 --n-class 3 --n-shot 2 "
         f"--n-eval 2 --epoch 1 --episode 4 --meta-batch 2 --log-freq 2 --val-freq 4 "
         f"--episode-val 2 --episode-test 2 --lr {LR} --save {save} --cpu --seed 5"
+        " --no-pretrain"  # pre-trained with 1 thread or 2, c_I's features differ by rounding
     ).split()
 
 
@@ -173,3 +175,6 @@ def test_every_process_scores_its_share_of_validation_and_test_episodes(
     assert (seen[0][str(VAL_STREAM)], seen[1][str(VAL_STREAM)]) == ([0, 1, 2], [3, 4])
     assert (seen[0][str(TEST_STREAM)], seen[1][str(TEST_STREAM)]) == ([0, 1], [2])
     assert json.loads((out / "test.json").read_text())["episodes"] == 3
+    # --data folder pre-trained first, in both processes (none waited for the other), and
+    # rank 0 alone wrote the features
+    assert load_checkpoint(out / "pretrain" / "pretrained.pt")["kind"] == PRETRAINED

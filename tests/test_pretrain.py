@@ -184,7 +184,7 @@ def test_a_second_pretrain_into_the_same_folder_needs_overwrite(
 def test_pretrain_takes_only_its_own_flags(tmp_path: Path, capsys) -> None:
     assert main(["pretrain", "--n-shot", "5", "--save", str(tmp_path)]) == 2
     assert "--n-shot" in error_line(capsys)
-    assert main(["train", "--pretrain-epochs", "5", "--save", str(tmp_path)]) == 2
+    assert main(["test", "--pretrain-epochs", "5", "--resume", str(tmp_path / "x.pt")]) == 2
     assert "--pretrain-epochs" in error_line(capsys)
     assert not any(tmp_path.iterdir())
 
@@ -218,3 +218,84 @@ def test_the_pretrain_command_augments_by_default(tmp_path: Path) -> None:
     del flags[at : at + 2]
     assert main(flags) == 0
     assert json.loads((tmp_path / "pt" / "config.json").read_text())["augment"] == "auto"
+
+
+# attnopt train --pretrain: the pre-training as a first phase of the run ---------------------
+
+
+def test_train_pretrains_first_exactly_as_the_two_commands_would(tmp_path: Path) -> None:
+    """``--data folder`` pre-trains by default, into RUN/pretrain, and the run is the one that
+    ``attnopt pretrain`` followed by ``train --init`` makes: the same test episode by episode."""
+    data = make_folder_dataset(tmp_path / "mini")
+    short = ["--episode", "2", "--val-freq", "2", "--episode-test", "3"]
+    phase = ["--pretrain-epochs", "2", "--pretrain-batch", "12"]
+    assert main(["train", *tiny_flags(data, tmp_path / "one"), *short, *phase]) == 0
+    two_steps = pretrain_flags(data, tmp_path / "pt", *phase)
+    del two_steps[two_steps.index("--augment") : two_steps.index("--augment") + 2]  # its default
+    assert main(two_steps) == 0
+    init = ["--init", str(tmp_path / "pt" / "pretrained.pt")]
+    assert main(["train", *tiny_flags(data, tmp_path / "two"), *short, *init]) == 0
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (one / "pretrain" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
+    features = load_checkpoint(one / "pretrain" / "pretrained.pt")["model"]
+    for name, value in load_checkpoint(tmp_path / "pt" / "pretrained.pt")["model"].items():
+        torch.testing.assert_close(features[name], value, rtol=0, atol=0)
+    config = json.loads((one / "config.json").read_text())
+    assert config["pretrain"] is True and config["init"] == str(one / "pretrain" / "pretrained.pt")
+    assert json.loads((one / "pretrain" / "config.json").read_text())["augment"] == "auto"
+    assert (one / "test_episodes.csv").read_text() == (two / "test_episodes.csv").read_text()
+    log = (one / "train.log").read_text()
+    assert "pre-training the features first" in log and "c_I's features from" in log
+
+
+def test_a_folder_holding_a_run_fails_before_pretraining(tmp_path: Path, capsys) -> None:
+    data = make_folder_dataset(tmp_path / "mini")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("episode\n")  # a run that stopped before its checkpoint
+    assert main(["train", *tiny_flags(data, run)]) == 2
+    assert "--overwrite" in error_line(capsys)
+    assert not (run / "pretrain").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"data": "folder"}, True),  # your own images: pre-train (benchmarks/README.md)
+        ({"data": "folder", "pretrain": False}, False),
+        ({"data": "folder", "backbone": "resnet12"}, False),  # attnopt pretrain trains Conv-4
+        ({"data": "glyphs"}, False),
+        ({"data": "miniimagenet"}, False),  # the benchmarks keep the published protocol
+        ({"data": "miniimagenet", "pretrain": True}, True),
+    ],
+)
+def test_which_runs_pretrain_first(flags: dict, expected: bool) -> None:
+    from attnopt.config import resolve
+
+    assert resolve({"data_root": "/d", **flags}).pretrain is expected
+
+
+def test_a_run_from_weights_does_not_pretrain(pretrained: tuple[Path, Path]) -> None:
+    from attnopt.api import train_config
+
+    data, path = pretrained
+    config = train_config({"init": str(path), "data": "folder", "data_root": str(data)})
+    assert config.pretrain is False and config.init == str(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "culprit"),
+    [
+        (["--init", "{ckpt}"], "--pretrain and --init exclude each other"),
+        (["--backbone", "resnet12"], "--backbone conv4 or --no-pretrain"),
+    ],
+)
+def test_pretrain_where_it_cannot_run_is_an_error_line(
+    extra: list[str], culprit: str, pretrained: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    data, path = pretrained
+    args = [a.replace("{ckpt}", str(path)) for a in extra]
+    assert main(["train", *tiny_flags(data, tmp_path / "run"), "--pretrain", *args]) == 2
+    assert culprit in error_line(capsys)
+    assert not (tmp_path / "run").exists()

@@ -61,7 +61,8 @@ def config(data: Path, save: Path, **changes) -> Config:
 def outcome(run: Path) -> dict:
     """Everything a finished run leaves that must not depend on an interruption."""
     ckpt = load_checkpoint(run / "ckpts" / "last.pt")
-    ckpt["config"] = dataclasses.replace(ckpt["config"], save="", resume=None)  # paths differ
+    # paths differ (init: the run's own pretrain/ folder)
+    ckpt["config"] = dataclasses.replace(ckpt["config"], save="", resume=None, init=None)
     with open(run / "metrics.csv", newline="") as f:
         metrics = [{k: v for k, v in r.items() if k not in WALL_TIME} for r in csv.DictReader(f)]
     with open(run / "gates.csv", newline="") as f:

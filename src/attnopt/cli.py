@@ -64,11 +64,10 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}
     for field in dataclasses.fields(Config):
         meta = field.metadata
-        if command == "pretrain" and not meta["pretrain"]:
-            continue
-        if command != "pretrain" and meta["pretrain"] == "only":
-            continue
-        if meta["train_only"] and command != "train":
+        if command == "pretrain":
+            if not meta["pretrain"]:
+                continue
+        elif meta["train_only"] and command != "train":
             continue
         if meta["group"] not in groups:
             groups[meta["group"]] = parser.add_argument_group(meta["group"])

@@ -127,6 +127,13 @@ def barrier(procs: Processes) -> None:
         dist.barrier()
 
 
+def broadcast_from_main(tensor: torch.Tensor, procs: Processes) -> None:
+    """Overwrite ``tensor`` (on this process's device) with rank 0's, in every process."""
+    if procs.world > 1:
+        with torch.no_grad():
+            dist.broadcast(tensor, src=0)
+
+
 def sum_over_processes(values: torch.Tensor, procs: Processes) -> torch.Tensor:
     """``values`` summed over the processes (for logging statistics)."""
     if procs.world > 1:

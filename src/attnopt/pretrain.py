@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnopt import threads
-from attnopt.checkpoint import PRETRAINED, save_checkpoint
-from attnopt.config import Config
+from attnopt.checkpoint import PRETRAINED, restore_rng_states, rng_states, save_checkpoint
+from attnopt.config import PRETRAIN_DEFAULTS, Config
 from attnopt.data import load_split
 from attnopt.data.augment import make_augmentation
 from attnopt.data.episodes import standardize, to_unit
 from attnopt.data.imageset import ImageSet
+from attnopt.distributed import Processes
 from attnopt.errors import UserError
 from attnopt.fileio import remove_stale_temps, write_csv, write_json
 from attnopt.models import FewShotModel
 from attnopt.models.learner import Conv4Learner, reference_module
+from attnopt.runfolder import PRETRAIN_FOLDER
 from attnopt.runtime import seed_everything, select_device
 
 log = logging.getLogger("attnopt")
@@ -49,10 +51,11 @@ METRICS = ("epoch", "loss", "accuracy", "lr", "elapsed_s")
 
 @dataclass(frozen=True)
 class PretrainResult:
-    checkpoint: Path
+    checkpoint: Path  # pretrained.pt (not written when pre-training did not write)
     loss: float  # the last epoch's mean training loss
     accuracy: float  # and its training accuracy (percent, on augmented images)
     seconds: float
+    features: dict[str, Any]  # what pretrained.pt holds, as load_checkpoint returns it
 
 
 def _check_folder(folder: Path, overwrite: bool) -> None:
@@ -127,16 +130,24 @@ class _Classifier:
         return {name: t.clone() for name, t in self.learner.unflatten(theta).items()}
 
 
-def pretrain(config: Config, overwrite: bool = False) -> PretrainResult:
+def pretrain(
+    config: Config,
+    overwrite: bool = False,
+    device: torch.device | None = None,
+    writes: bool = True,
+) -> PretrainResult:
     """Pre-train the learner's feature extractor on the training split as ``config`` says and
-    write ``pretrained.pt`` into ``config.save``."""
+    write ``pretrained.pt`` into ``config.save``. ``device`` None: as ``--cpu`` says;
+    ``writes`` False: train only (the other processes of a torchrun job)."""
     folder = Path(config.save)
-    _check_folder(folder, overwrite)
+    if writes:
+        _check_folder(folder, overwrite)
     seed_everything(config.seed)
-    device = select_device(config.cpu)
+    device = device or select_device(config.cpu)
     train_set = load_split(config, "train")
     classifier = _Classifier(config, train_set, device)
-    write_json(folder / "config.json", config.to_dict())
+    if writes:
+        write_json(folder / "config.json", config.to_dict())
     log.info(
         "pre-training on %s: %d images of %d classes, %d epochs of %d steps, device %s",
         train_set.source, len(train_set.labels), len(train_set.class_names),
@@ -149,22 +160,50 @@ def pretrain(config: Config, overwrite: bool = False) -> PretrainResult:
         log.info("epoch %d  loss %.4f  acc %.2f%%  lr %.4g", epoch, loss, accuracy, lr)
         values = (epoch, loss, accuracy, lr, time.perf_counter() - start)
         rows.append({k: f"{v:.6g}" for k, v in zip(METRICS, values, strict=True)})
-        write_csv(folder / "metrics.csv", METRICS, rows)
+        if writes:
+            write_csv(folder / "metrics.csv", METRICS, rows)
     path = folder / CHECKPOINT
-    save_checkpoint(
-        path,
-        config=config,
-        in_channels=train_set.channels,
-        model=classifier.weights(),
-        optimizer=None,
-        episode=config.pretrain_epochs,
-        best_accuracy=accuracy,
-        best_episode=config.pretrain_epochs,
-        kind=PRETRAINED,
-        extra={"classes": [str(name) for name in train_set.class_names]},
-    )
-    log.info("wrote %s", path)
-    return PretrainResult(path, loss, accuracy, time.perf_counter() - start)
+    features = {
+        "kind": PRETRAINED,
+        "model": classifier.weights(),
+        "in_channels": train_set.channels,
+        "episode": config.pretrain_epochs,
+        "classes": [str(name) for name in train_set.class_names],
+    }
+    if writes:
+        save_checkpoint(
+            path,
+            config=config,
+            in_channels=features["in_channels"],
+            model=features["model"],
+            optimizer=None,
+            episode=features["episode"],
+            best_accuracy=accuracy,
+            best_episode=config.pretrain_epochs,
+            kind=PRETRAINED,
+            extra={"classes": features["classes"]},
+        )
+        log.info("wrote %s", path)
+    return PretrainResult(path, loss, accuracy, time.perf_counter() - start, features)
+
+
+def pretrain_first(
+    config: Config, procs: Processes, device: torch.device
+) -> tuple[Config, dict[str, Any]]:
+    """``attnopt train --pretrain``: pre-train the features into RUN_DIR/pretrain exactly as
+    ``attnopt pretrain`` with the run's settings and its own defaults would; return the run's
+    config that starts from them (``--init``) and the features. Under torchrun every process
+    pre-trains (rank 0 alone writes), so none waits on another for longer than the process
+    group allows. The global random generators are left as they were: the run is the one the
+    two commands make."""
+    folder = Path(config.save) / PRETRAIN_FOLDER
+    log.info("pre-training the features first (--no-pretrain skips it)")
+    states = rng_states()
+    settings = replace(config, save=str(folder), **PRETRAIN_DEFAULTS)
+    # overwrite: the run's own folder, which runfolder.check has found free for this run
+    result = pretrain(settings, overwrite=True, device=device, writes=procs.is_main)
+    restore_rng_states(states)
+    return replace(config, init=str(result.checkpoint)), result.features
 
 
 def feature_names(learner: Conv4Learner) -> list[str]:

@@ -1,10 +1,10 @@
 """Run folders: one run each, never destroyed by another, and the test records kept in them.
 
 A run folder (``--save``) holds config.json, metrics.csv, gates.csv, train.log, ckpts/,
-test.json with test_episodes.csv, and the figures. A new run refuses a folder that holds a
-run (unless ``--overwrite``); a resumed run continues in its checkpoint's folder, or starts a
-copy of it elsewhere. Ad-hoc evaluations (``attnopt test``) go to ``evals/`` under a name of
-their own, never over the run's own test.json.
+test.json with test_episodes.csv, the figures, and pretrain/ with ``--pretrain``. A new run
+refuses a folder that holds a run (unless ``--overwrite``); a resumed run continues in its
+checkpoint's folder, or starts a copy of it elsewhere. Ad-hoc evaluations (``attnopt test``) go
+to ``evals/`` under a name of their own, never over the run's own test.json.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ RUN_FILES = (
     "cross_attention.png",
 )
 RUN_FOLDERS = ("ckpts", "tensorboard", "evals")
+# --pretrain's features (attnopt pretrain's files). Not among what --overwrite removes: the
+# run that replaces this one writes it anew before it starts, or starts from it (--init).
+PRETRAIN_FOLDER = "pretrain"
 EPISODE_FIELDS = ("episode", "accuracy", "loss")
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from attnopt.evaluation import eval_sampler, evaluate
 from attnopt.guard import DivergenceGuard
 from attnopt.models import FewShotModel, build_model
 from attnopt.objective import EpisodeScore, InnerLoop, meta_update, score_episodes
-from attnopt.pretrain import init_from_pretrained
+from attnopt.pretrain import init_from_pretrained, pretrain_first
 from attnopt.runlog import RunLog
 from attnopt.runtime import seed_everything
 from attnopt.threads import governor
@@ -326,6 +326,11 @@ def _start(
     train_sampler = EpisodeSampler(
         train_set, config.n_class, config.n_shot, config.n_eval, config.seed
     )
+    val_sampler = eval_sampler(val_set, config, "val")
+    pretraining = config.pretrain and ckpt is None
+    if pretraining:  # after the data's checks: a failed start leaves nothing
+        config, ckpt = pretrain_first(config, procs, device)
+        source = config.init
     if ckpt is None or ckpt["kind"] == PRETRAINED:
         model = build_model(config, train_set.channels)
         if ckpt is not None:
@@ -333,6 +338,8 @@ def _start(
     else:
         model = model_from_checkpoint(ckpt, config, train_set.channels, source)
     state = TrainingState(model.to(device), config, device, procs)
+    if pretraining:  # GPUs may round the processes' pre-trainings apart: rank 0's is the run's
+        distributed.broadcast_from_main(model.metalearner.c_init, procs)
     if config.resume:
         state.load_state_dict(ckpt, config.resume)
         state.set_learning_rate(config)
@@ -362,7 +369,6 @@ def _start(
         model.learner.num_params, config.meta_batch,
         f" over {procs.world} processes" if procs.world > 1 else "", device.type,
     )  # fmt: skip
-    val_sampler = eval_sampler(val_set, config, "val")
     return _Run(config, procs, device, run_log, state, (train_sampler, val_sampler))
 
 
