@@ -90,6 +90,8 @@ class TestResume:
         config = json.loads((run / "config.json").read_text())
         assert (config["n_shot"], config["epoch"], config["batch_size"]) == (1, 1, 3)
         assert config["episode"] == 4 and config["save"] == str(run)
+        # --data folder started from its own pre-training (--init): resumed all the same
+        assert config["init"] == str(run / "pretrain" / "pretrained.pt")
         assert not (tmp_path / "data" / "logs").exists()
         assert load_checkpoint(last)["episode"] == 4
         assert metric_rows(run) == [(2, "train"), (2, "val"), (4, "train"), (4, "val")]
