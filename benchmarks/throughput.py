@@ -25,7 +25,7 @@ import torch
 
 from attnopt.backbones import BUILT_IN
 from attnopt.compilation import PARTS, compile_model
-from attnopt.config import ADAPT_MODES, AMP_MODES, ATTENTION_MODES, resolve
+from attnopt.config import ADAPT_MODES, AMP_MODES, ATTENTION_MODES, ATTN_FEEDS, resolve
 from attnopt.data.episodes import Episode
 from attnopt.distributed import Processes
 from attnopt.guard import DivergenceGuard
@@ -64,6 +64,7 @@ def measure(
     attn_block: int = 3,
     compiled: str = "none",
     learner: tuple[str, int | None, str | None] = ("conv4", None, None),
+    attn_feeds: str | None = None,
 ) -> str:
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
     backbone, width, adapt = learner
@@ -72,6 +73,7 @@ def measure(
         dict(
             n_class=n, n_shot=k, image_size=size, attention=attention, amp=amp,
             attn_block=attn_block, backbone=backbone, width=width, adapt=adapt,
+            attn_feeds=attn_feeds,
         )
     )  # fmt: skip
     model = compile_model(build_model(config, channels).to(device), COMPILED[compiled])
@@ -116,7 +118,7 @@ def measure(
         f"{name}: device={device.type} threads={thread_count()} "
         f"backbone={config.backbone} width={config.width} adapt={config.adapt} "
         f"params={model.learner.num_params} adapted={model.learner.num_adapted} "
-        f"attention={attention} attn_block={attn_block} "
+        f"attention={attention} attn_block={attn_block} attn_feeds={config.attn_feeds} "
         f"shape={n}-way {k}-shot {q}q {channels}x{size}x{size} "
         f"steps={epochs}x{batch} B={tasks} compile={compiled} "
         f"{'fp32' if amp == 'none' else amp} episodes/s={statistics.median(rates):.2f} "
@@ -146,6 +148,7 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, action="append", help="tasks per update (1)")
     parser.add_argument("--amp", choices=AMP_MODES, action="append")
     parser.add_argument("--attn-block", type=int, default=3, help="cross-attention placement")
+    parser.add_argument("--attn-feeds", choices=ATTN_FEEDS, help="default: attnopt's")
     parser.add_argument("--compile", choices=sorted(COMPILED), action="append")
     parser.add_argument("--backbone", choices=BUILT_IN, action="append")
     parser.add_argument("--width", type=int, action="append", help="default: the backbone's")
@@ -184,6 +187,7 @@ def main() -> None:
                         args.attn_block,
                         compiled,
                         learner,
+                        args.attn_feeds,
                     )
                     print(line, flush=True)
 
