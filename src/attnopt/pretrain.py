@@ -10,7 +10,9 @@ episode, starts at zeros or at random (``--init-head``). BatchNorm uses batch st
 the learner always does.
 
 The folder ``--save`` receives ``pretrained.pt`` (a checkpoint of kind "pretrained"),
-``config.json`` and ``metrics.csv`` (loss and accuracy per epoch).
+``config.json`` and ``metrics.csv`` (loss and accuracy per epoch). ``attnopt train
+--pretrain`` (the default for ``--data folder``) runs the same pre-training as its first
+phase, into RUN_DIR/pretrain (:func:`pretrain_first`).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class PretrainResult:
     loss: float  # the last epoch's mean training loss
     accuracy: float  # and its training accuracy (percent, on augmented images)
     seconds: float
-    features: dict[str, Any]  # what pretrained.pt holds, as load_checkpoint returns it
+    features: dict[str, Any]  # pretrained.pt's kind, model, in_channels, episode and classes
 
 
 def _check_folder(folder: Path, overwrite: bool) -> None:
