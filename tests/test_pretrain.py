@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,37 @@ def test_which_runs_pretrain_first(flags: dict, expected: bool) -> None:
     from attnopt.config import resolve
 
     assert resolve({"data_root": "/d", **flags}).pretrain is expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"data": "folder"}, 0.1),  # pre-trained c_I learns at a tenth (benchmarks/README.md)
+        ({"data": "folder", "n_shot": 1}, 1.0),  # at 1-shot the tenth cost MLAL accuracy
+        ({"data": "folder", "pretrain": False}, 1.0),  # c_I from scratch
+        ({"data": "folder", "init_lr_scale": 2.0}, 2.0),  # a given value is kept
+        ({"data": "glyphs"}, 1.0),
+        ({"data": "miniimagenet", "pretrain": True}, 0.1),
+    ],
+)
+def test_c_init_learns_slower_from_trained_weights(flags: dict, expected: float) -> None:
+    from attnopt.config import resolve
+
+    assert resolve({"data_root": "/d", **flags}).init_lr_scale == expected
+
+
+def test_a_run_from_weights_starts_c_init_slower_and_keeps_that_on_resume(
+    pretrained: tuple[Path, Path],
+) -> None:
+    from attnopt.api import train_config
+    from attnopt.config import resume_config
+
+    data, path = pretrained
+    flags = {"init": str(path), "data": "folder", "data_root": str(data)}
+    assert train_config(flags).init_lr_scale == 0.1
+    assert train_config({**flags, "n_shot": 1}).init_lr_scale == 1.0
+    older = replace(train_config(flags), init_lr_scale=1.0)  # a run from before this default
+    assert resume_config({}, older, "ckpt.pt", "run").init_lr_scale == 1.0
 
 
 def test_a_run_from_weights_does_not_pretrain(pretrained: tuple[Path, Path]) -> None:
