@@ -47,13 +47,28 @@ def _accuracies(record: Path) -> np.ndarray:
     return np.array([float(r.split(",")[1]) for r in rows])
 
 
+def _shifted(record: Path, folder: Path) -> Path:
+    """A copy of test record ``record`` whose first episode scored one query better: records
+    that surely differ (two tiny models' records can tie on every episode)."""
+    folder.mkdir()
+    copy = folder / record.name
+    shutil.copy(record, copy)
+    lines = record.with_name(record.stem + "_episodes.csv").read_text().splitlines()
+    index, accuracy, loss = lines[1].split(",")
+    lines[1] = f"{index},{float(accuracy) + 1 / 6:.6f},{loss}"
+    copy.with_name(copy.stem + "_episodes.csv").write_text("\n".join(lines) + "\n")
+    return copy
+
+
 def test_compare_prints_the_paired_difference_of_each_record_against_the_first(
-    tested: tuple[Path, Path], capsys
+    tested: tuple[Path, Path], tmp_path: Path, capsys
 ) -> None:
-    best, transductive = tested
-    assert main(["compare", str(best), str(transductive), str(best)]) == 0
+    best, _ = tested
+    shifted = _shifted(best, tmp_path / "shifted")
+    assert main(["compare", str(best), str(shifted), str(best)]) == 0
     out = capsys.readouterr().out.splitlines()
-    mean, low, high, _ = paired_difference(_accuracies(best), _accuracies(transductive))
+    mean, low, high, _ = paired_difference(_accuracies(best), _accuracies(shifted))
+    assert mean == pytest.approx(100 / 6 / 6, abs=1e-3)  # one query of 6, on one episode of 6
     assert out[0].startswith(f"A = {best}: ")
     assert out[2].startswith(f"  B - A: {mean:+.2f} points (95% CI {low:+.2f} to {high:+.2f})")
     assert out[4].startswith("  B - A: +0.00 points")  # a record against itself
