@@ -530,9 +530,9 @@ def _given(flags: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flags.items() if v is not None}
 
 
-# c_I started from trained features drifts away from them at the full learning rate: on emoji
-# drawings at 5-shot a tenth of it gained 1.3 to 2.4 points for Meta-LSTM and MLAL on two seeds;
-# at 1-shot it cost MLAL 0.7 to 0.9 (benchmarks/README.md, issue 14).
+# c_I started from trained features drifts away from them at the full learning rate: at 5-shot
+# a tenth of it gained 0.4 to 2.4 points for Meta-LSTM and MLAL on emoji drawings (two seeds)
+# and 2.0 for MLAL on clipart; at 1-shot it cost MLAL 0.7 to 0.9 (benchmarks/README.md).
 TRAINED_INIT_LR_SCALE = 0.1
 
 
