@@ -144,7 +144,8 @@ class TestResume:
         last = run / "ckpts" / "last.pt"
         assert main(["train", "--resume", str(last), "--episode", "4", "--lr", "0.004"]) == 0
         groups = load_checkpoint(last)["optimizer"]["param_groups"]
-        assert [g["lr"] for g in groups] == [0.004, 0.002]
+        # the meta-learner, c_I (a tenth: pre-trained, K = 2) and the attention (a half)
+        assert [g["lr"] for g in groups] == pytest.approx([0.004, 0.0004, 0.002])
         with open(run / "metrics.csv", newline="") as f:
             lrs = [float(r["lr"]) for r in csv.DictReader(f) if r["split"] == "train"]
         assert lrs == [0.001, 0.004]
