@@ -5,8 +5,9 @@ Every run is ``attnopt train`` in a process of its own with one thread (OMP_NUM_
 variant is compared with the baseline of its shot and seed episode by episode
 (:func:`attnopt.compare.paired_difference`): one ``paired:`` line per comparison with the mean
 difference, its 95% CI and the paired t-test's p-value, then one ``summary:`` line per variant
-and shot over the seeds. Those CIs hold the test episodes' noise only; whether a difference
-survives a change of training seed is what the seeds are for.
+and shot over the seeds. The per-run CIs hold the test episodes' noise only; the summary's
+``seeds_ci95`` is a t-interval over the seeds' mean differences, so it also holds what the
+training seed changes (wide with few seeds: with two, 12.7 times their half-spread).
 
     python benchmarks/ablation.py --out /tmp/abl \\
         --set data=folder data_root=/work/data/emoji image_size=32 episode=500 attention=none \\
@@ -40,7 +41,7 @@ import numpy as np
 
 from attnopt.api import train_config
 from attnopt.cli import build_parser
-from attnopt.compare import check_same_episodes, paired_difference
+from attnopt.compare import across_seeds, check_same_episodes, paired_difference
 from attnopt.config import Config, flag
 from attnopt.errors import UserError
 from attnopt.runfolder import read_test_record
@@ -199,16 +200,19 @@ def compared(base: Run, other: Run) -> tuple[str, float, float, float]:
 def summary(
     variant: Settings, baseline: Settings, shot: int, results: list[tuple[float, float, float]]
 ) -> str:
-    """Over the seeds: the mean difference, each seed's, and whether every seed's CI lies on
+    """Over the seeds: the mean difference with its 95% CI over the seeds
+    (:func:`attnopt.compare.across_seeds`), each seed's, and whether every seed's CI lies on
     the same side of 0."""
     means = [m for m, _, _ in results]
     above = all(low > 0 for _, low, _ in results)
     below = all(high < 0 for _, _, high in results)
     verdict = "better" if above else "worse" if below else "not separated"
     per_seed = ",".join(f"{m:+.2f}" for m in means)
+    mean, low, high = across_seeds(means)
     return (
         f"summary: shot={shot} variant=[{label(variant, baseline)}] seeds={len(results)} "
-        f"mean_diff={np.mean(means):+.2f} per_seed=[{per_seed}] every_seed_ci={verdict}"
+        f"mean_diff={mean:+.2f} seeds_ci95=[{low:+.2f},{high:+.2f}] per_seed=[{per_seed}] "
+        f"every_seed_ci={verdict}"
     )
 
 

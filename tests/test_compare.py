@@ -12,7 +12,7 @@ from conftest import error_line
 from scipy import stats
 
 from attnopt.cli import main
-from attnopt.compare import paired_difference
+from attnopt.compare import across_seeds, paired_difference
 
 
 def test_the_paired_difference_is_the_mean_of_the_episode_differences() -> None:
@@ -27,6 +27,20 @@ def test_the_paired_difference_is_the_mean_of_the_episode_differences() -> None:
     t = diff.mean() / (diff.std(ddof=1) / np.sqrt(600))
     assert p == pytest.approx(2 * stats.t.sf(abs(t), 599))
     assert paired_difference(a, a)[:3] == (0.0, 0.0, 0.0)  # identical runs: no difference
+
+
+def test_the_interval_over_seeds_treats_each_seed_as_one_observation() -> None:
+    mean, low, high = across_seeds([0.82, 0.30, -0.10, 0.60])
+    sem = np.std([0.82, 0.30, -0.10, 0.60], ddof=1) / 2
+    assert mean == pytest.approx(0.405)
+    assert (low, high) == pytest.approx(
+        (0.405 - stats.t.ppf(0.975, 3) * sem, 0.405 + stats.t.ppf(0.975, 3) * sem)
+    )
+    two = across_seeds([1.0, 0.0])  # two seeds: 12.7 times the half-spread either side
+    assert two == pytest.approx((0.5, 0.5 - 12.706 * 0.5, 0.5 + 12.706 * 0.5), abs=1e-3)
+    assert across_seeds([0.4, 0.4]) == (0.4, 0.4, 0.4)
+    one = across_seeds([0.7])
+    assert one[0] == 0.7 and np.isnan(one[1]) and np.isnan(one[2])
 
 
 @pytest.fixture
