@@ -532,7 +532,8 @@ def _given(flags: dict[str, Any]) -> dict[str, Any]:
 
 # c_I started from trained features drifts away from them at the full learning rate: at 5-shot
 # a tenth of it gained 0.4 to 2.4 points for Meta-LSTM and MLAL on emoji drawings (two seeds)
-# and 2.0 for MLAL on clipart; at 1-shot it cost MLAL 0.7 to 0.9 (benchmarks/README.md).
+# and 2.0 for MLAL on clipart; at 1-shot it cost MLAL 0.7 to 0.9, and from random weights
+# (c_I has everything to learn) it cost Meta-LSTM 2.6 at 5-shot (benchmarks/README.md).
 TRAINED_INIT_LR_SCALE = 0.1
 
 
