@@ -3,7 +3,7 @@
 Every run is ``attnopt train`` in a process of its own with one thread (OMP_NUM_THREADS=1),
 ``--jobs`` (2) at a time. Runs of the same shot are tested on the same test episodes, so each
 variant is compared with the baseline of its shot and seed episode by episode
-(:func:`attnopt.compare.paired_difference`): one ``paired:`` line per comparison with the mean
+(:func:`attnopt.cli.compare.paired_difference`): one ``paired:`` line per comparison with the mean
 difference, its 95% CI and the paired t-test's p-value, then one ``summary:`` line per variant
 and shot over the seeds. The per-run CIs hold the test episodes' noise only; the summary's
 ``seeds_ci95`` is a t-interval over the seeds' mean differences, so it also holds what the
@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from attnopt.api import train_config
-from attnopt.cli import build_parser
-from attnopt.compare import across_seeds, check_same_episodes, paired_difference
+from attnopt.cli.commands import build_parser
+from attnopt.cli.compare import across_seeds, check_same_episodes, paired_difference
 from attnopt.config import Config, flag
 from attnopt.errors import UserError
-from attnopt.runfolder import read_test_record
+from attnopt.runs.folder import read_test_record
 
 Settings = tuple[tuple[str, str], ...]  # (name, value) pairs, sorted: a variant
 
@@ -201,7 +201,7 @@ def summary(
     variant: Settings, baseline: Settings, shot: int, results: list[tuple[float, float, float]]
 ) -> str:
     """Over the seeds: the mean difference with its 95% CI over the seeds
-    (:func:`attnopt.compare.across_seeds`), each seed's, and whether every seed's CI lies on
+    (:func:`attnopt.cli.compare.across_seeds`), each seed's, and whether every seed's CI lies on
     the same side of 0."""
     means = [m for m, _, _ in results]
     above = all(low > 0 for _, low, _ in results)

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from attnopt import runfolder
 from attnopt.api import train
-from attnopt.checkpoint import load_checkpoint
 from attnopt.config import resolve
 from attnopt.errors import Interrupted
-from attnopt.evaluation import test_checkpoint
+from attnopt.runs import folder as runfolder
+from attnopt.training.checkpoint import load_checkpoint
+from attnopt.training.evaluation import test_checkpoint
 
 
 def test_and_record(checkpoint: str, run_dir: Path, episodes: int):

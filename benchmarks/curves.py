@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from attnopt.errors import UserError
-from attnopt.plot import save_figure
-from attnopt.report import Metrics, read_metrics, read_test
+from attnopt.figures.plot import save_figure
+from attnopt.figures.report import Metrics, read_metrics, read_test
 
 
 def draw(runs: dict[str, Metrics], title: str):  # -> matplotlib Figure

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from throughput import CONFIGS, fix_threads, thread_count
 
-from attnopt.compilation import compile_model
 from attnopt.config import AMP_MODES, ATTENTION_MODES, Config
 from attnopt.data.imageset import ImageSet
-from attnopt.evaluation import eval_sampler, evaluate
-from attnopt.models import build_model
-from attnopt.runtime import keep_freed_memory
+from attnopt.models.build import build_model
+from attnopt.runtime.compilation import compile_model
+from attnopt.runtime.device import keep_freed_memory
+from attnopt.training.evaluation import eval_sampler, evaluate
 
 
 def measure(
@@ -81,7 +81,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = torch.device(args.device)
-    keep_freed_memory()  # as every attnopt run does (attnopt.runtime.select_device)
+    keep_freed_memory()  # as every attnopt run does (attnopt.runtime.device.select_device)
     fix_threads(args.threads)
     for name in args.config or ["glyphs-5shot"]:
         for attention in args.attention or ["none"]:

@@ -14,4 +14,4 @@ python benchmarks/eval_speed.py --device cuda --config mini-5shot --eval-batch 2
   --eval-batch 100 --amp bf16
 python benchmarks/eval_speed.py --device cuda --config mini-5shot --eval-batch 100 --amp bf16 \
   --compile
-python -m pytest -q tests/test_gpu.py tests/test_batching.py tests/test_compile.py
+python -m pytest -q tests/unit/test_gpu.py tests/unit/test_batching.py tests/e2e/test_compile.py

@@ -23,14 +23,37 @@ import torch
 from throughput import CONFIGS
 
 from attnopt.adapt import adapt_tasks
-from attnopt.backbones import BUILT_IN
 from attnopt.config import ADAPT_MODES, ATTENTION_MODES, resolve
 from attnopt.data.episodes import Episode
-from attnopt.graph_memory import saved_bytes
-from attnopt.models import build_model
+from attnopt.models.backbones import BUILT_IN
+from attnopt.models.build import build_model
 from attnopt.objective import InnerLoop, score_episodes
 
 GB = 1e9
+
+
+def saved_bytes(output: torch.Tensor) -> int:
+    """Bytes of the distinct storages that the autograd graph of ``output`` keeps (also on the
+    meta device, where storages have no data pointer)."""
+    seen, total, stack, visited = set(), 0, [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        for name in dir(node):
+            if not name.startswith("_saved_"):
+                continue
+            value = getattr(node, name)
+            for t in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    key = storage._cdata if t.device.type == "meta" else storage.data_ptr()
+                    if key not in seen:
+                        seen.add(key)
+                        total += storage.nbytes()
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return total
 
 
 def measure(name: str, backbone: str, width: int | None, adapt: str | None, attention: str,

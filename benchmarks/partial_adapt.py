@@ -23,9 +23,9 @@ import time
 import torch
 from throughput import CONFIGS
 
-from attnopt.backbones import BUILT_IN
 from attnopt.config import resolve
-from attnopt.models import build_learner
+from attnopt.models.backbones import BUILT_IN
+from attnopt.models.build import build_learner
 
 
 def inner_steps(learner, full, theta, x, y, steps: int, how: str) -> None:

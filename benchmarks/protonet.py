@@ -32,16 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnopt.checkpoint import PRETRAINED, load_checkpoint
 from attnopt.config import resolve
 from attnopt.data import load_split
 from attnopt.data.augment import make_augmentation
 from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, VAL_STREAM, Episode, EpisodeSampler
 from attnopt.errors import UserError
-from attnopt.evaluation import EvalResult, confidence_interval
-from attnopt.fileio import atomic_write
-from attnopt.runfolder import write_test_record
-from attnopt.runtime import seed_everything
+from attnopt.runs.fileio import atomic_write
+from attnopt.runs.folder import write_test_record
+from attnopt.runtime.device import seed_everything
+from attnopt.training.checkpoint import PRETRAINED, load_checkpoint
+from attnopt.training.evaluation import EvalResult, confidence_interval
 
 
 class Conv4Embedding(nn.Sequential):

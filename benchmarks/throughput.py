@@ -23,16 +23,16 @@ from pathlib import Path
 
 import torch
 
-from attnopt.backbones import BUILT_IN
-from attnopt.compilation import PARTS, compile_model
 from attnopt.config import ADAPT_MODES, AMP_MODES, ATTENTION_MODES, ATTN_FEEDS, resolve
 from attnopt.data.episodes import Episode
-from attnopt.distributed import Processes
-from attnopt.guard import DivergenceGuard
-from attnopt.models import build_model
+from attnopt.models.backbones import BUILT_IN
+from attnopt.models.build import build_model
 from attnopt.objective import InnerLoop, meta_update, score_episodes
-from attnopt.runtime import keep_freed_memory
-from attnopt.threads import governor
+from attnopt.runtime.compilation import PARTS, compile_model
+from attnopt.runtime.device import keep_freed_memory
+from attnopt.runtime.threads import governor
+from attnopt.training.distributed import Processes
+from attnopt.training.guard import DivergenceGuard
 
 # name: (channels, image size, N, K, Q, inner epochs, inner batch size)
 CONFIGS = {
@@ -161,7 +161,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = torch.device(args.device)
-    keep_freed_memory()  # as every attnopt run does (attnopt.runtime.select_device)
+    keep_freed_memory()  # as every attnopt run does (attnopt.runtime.device.select_device)
     fix_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as attnopt does on GPUs

@@ -197,7 +197,7 @@ def trained_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, st
     """One tiny training run per test session (training also draws the figures and the
     report), shared by every test file: (run folder, stdout). Never change it: use
     ``trained_run``."""
-    from attnopt.cli import main
+    from attnopt.cli.commands import main
 
     root = tmp_path_factory.mktemp("trained")
     data = make_folder_dataset(root / "mini")
@@ -229,9 +229,9 @@ def make_checkpoint(
     path (the cross-attention and the meta-attention included) is active. Two inner steps."""
     import torch
 
-    from attnopt.checkpoint import save_checkpoint
     from attnopt.config import Config
-    from attnopt.models import build_model
+    from attnopt.models.build import build_model
+    from attnopt.training.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     config = Config(

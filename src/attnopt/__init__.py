@@ -7,8 +7,8 @@ The Python API (see the README): :func:`load` a checkpoint, ``.adapt`` it to a s
 (:class:`ModuleLearner` is the learner it makes).
 
 The names are imported on first use, so ``import attnopt`` is quick and pulls in neither
-torch nor matplotlib; the submodules have names of their own (``attnopt.training``,
-``attnopt.evaluation``), so the functions never hide them.
+torch nor matplotlib; the submodules have names of their own (``attnopt.training.loop``,
+``attnopt.training.evaluation``), so the functions never hide them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _EXPORTS = {
     "train": "attnopt.api",
     "Config": "attnopt.config",
     "ModuleLearner": "attnopt.models.wrap",
-    "register_backbone": "attnopt.backbones",
+    "register_backbone": "attnopt.models.backbones",
     "UserError": "attnopt.errors",
 }
 __all__ = sorted(_EXPORTS)
@@ -41,9 +41,9 @@ if TYPE_CHECKING:
         make_config,
         train,
     )
-    from attnopt.backbones import register_backbone  # noqa: F401
     from attnopt.config import Config  # noqa: F401
     from attnopt.errors import UserError  # noqa: F401
+    from attnopt.models.backbones import register_backbone  # noqa: F401
     from attnopt.models.wrap import ModuleLearner  # noqa: F401
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from attnopt.cli import main
+from attnopt.cli.commands import main
 
 sys.exit(main())

@@ -26,17 +26,17 @@ import torch
 from PIL import Image
 
 from attnopt.adapt import adapt, query_logits
-from attnopt.checkpoint import PRETRAINED, load_checkpoint, refuse_pretrained
 from attnopt.config import Config, init_config, resolve, resume_config
 from attnopt.data.decode import decode_image, image_to_array
 from attnopt.data.episodes import standardize, to_unit
 from attnopt.errors import UserError
-from attnopt.evaluation import EvalResult, load_trained, test_checkpoint
-from attnopt.models import FewShotModel, build_model
 from attnopt.models.base import Learner
-from attnopt.pipeline import TrainResult, train_and_test
-from attnopt.runfolder import run_dir_of
-from attnopt.runtime import select_device
+from attnopt.models.build import FewShotModel, build_model
+from attnopt.runs.folder import run_dir_of
+from attnopt.runtime.device import select_device
+from attnopt.training.checkpoint import PRETRAINED, load_checkpoint, refuse_pretrained
+from attnopt.training.evaluation import EvalResult, load_trained, test_checkpoint
+from attnopt.training.pipeline import TrainResult, train_and_test
 
 # One image: a file path, a Pillow image, or a float tensor (C, H, W) in [0, 1].
 ImageLike = str | os.PathLike | Image.Image | torch.Tensor

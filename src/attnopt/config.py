@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from attnopt import backbones
 from attnopt.errors import UserError
+from attnopt.models import backbones
 
 DATA_SETS = (
     "glyphs",

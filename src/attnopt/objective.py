@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from attnopt import distributed
 from attnopt.adapt import adapt_tasks, query_logits_tasks
 from attnopt.config import Config
 from attnopt.data.episodes import Episode
-from attnopt.guard import DivergenceGuard
-from attnopt.models import FewShotModel
+from attnopt.models.build import FewShotModel
 from attnopt.models.metalearner import MetaState
+from attnopt.training import distributed
+from attnopt.training.guard import DivergenceGuard
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 from attnopt.data.imageset import ImageSet
 from attnopt.errors import UserError
-from attnopt.fileio import apply_umask, fsync_path, os_error_message
+from attnopt.runs.fileio import apply_umask, fsync_path, os_error_message
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Figures of a run (``attnopt plot``, ``attnopt report``) and the numbers behind them."""
