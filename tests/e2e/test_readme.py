@@ -1,6 +1,7 @@
-"""Every command in README.md runs as written.
+"""Every command in README.md and docs/*.md runs as written.
 
-The README's ```bash blocks are read line by line (``&&`` separates commands, ``#`` starts a
+The ```bash blocks of README.md and of every docs/*.md page (flags.md is generated and has
+none) are read line by line (``&&`` separates commands, ``#`` starts a
 comment) and every command is checked in order, in a folder that holds the data the README
 names (``my_data``, ``my_support``, ``my_photos``, ``my_labelled``), with the built-in data
 set cut down:
@@ -42,7 +43,16 @@ from attnopt.config import resolve
 from attnopt.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text()
+# In reading order (the old single README's): later commands use the runs earlier ones made.
+ORDER = ["data", "backbones", "gpu", "runs", "compare", "results", "faq", "reliability"]
+PAGES = [
+    REPO / "README.md",
+    *sorted(
+        (REPO / "docs").glob("*.md"),
+        key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.name),
+    ),
+]
+README = "\n".join(page.read_text() for page in PAGES)  # the front page and the user guide
 TINY = {
     "train": [
         *("--episode", "1", "--val-freq", "1", "--episode-val", "1", "--episode-test", "1"),
@@ -176,7 +186,7 @@ def test_every_readme_command_runs_as_written(sandbox: Path, capsys) -> None:
         elif command[0] in ("ruff", "tensorboard"):
             pass  # CI runs ruff; tensorboard is the extra's own viewer
         else:
-            raise AssertionError(f"README command not covered by this test: {shown}")
+            raise AssertionError(f"README/docs command not covered by this test: {shown}")
     assert len(ran) >= 10 and any("predict" in c for c in ran), ran
     assert (sandbox / "preds.csv").read_text().startswith("path,predicted,p_cat,p_dog\n")
     assert (sandbox / "logs" / "report.png").is_file()
@@ -203,7 +213,7 @@ def test_readme_python_examples_run(sandbox: Path, monkeypatch: pytest.MonkeyPat
     namespaces: list[dict] = []
     for code in examples:
         namespaces.append({})
-        exec(compile(code, "README.md", "exec"), namespaces[-1])
+        exec(compile(code, "README.md or docs/", "exec"), namespaces[-1])
     assert [n["result"].test.episodes for n in namespaces if "result" in n] == [1, 1]
     # the user-backbone example: its model is the registered backbone, trained with --adapt
     # last; its function backbone builds a learner too
