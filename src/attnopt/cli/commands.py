@@ -58,6 +58,19 @@ def _help(field: dataclasses.Field, command: str) -> str:
     return f"{text} (default: {field.default})"
 
 
+EXPERIMENTAL_GROUP = "experimental (measured no gain)"
+EXPERIMENTAL = frozenset(
+    {"attn_feeds", "attn_heads", "attn_lr_scale", "inner_grad_scale", "bn_train"}
+)
+# The seed's flags that do nothing here: accepted for its scripts, hidden from --help.
+HIDDEN = frozenset({"input_size", "bn_momentum", "pin_mem"})
+
+
+def _group_name(field: dataclasses.Field) -> str:
+    """The help group a flag is listed under."""
+    return EXPERIMENTAL_GROUP if field.name in EXPERIMENTAL else field.metadata["group"]
+
+
 def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     """One flag per Config field (the seed's flags keep their names and meanings). Every
     flag defaults to None here: what was not given comes from the preset or the checkpoint."""
@@ -69,9 +82,11 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
                 continue
         elif meta["train_only"] and command != "train":
             continue
-        if meta["group"] not in groups:
-            groups[meta["group"]] = parser.add_argument_group(meta["group"])
-        options: dict = {"dest": field.name, "default": None, "help": _help(field, command)}
+        group = _group_name(field)
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        shown = argparse.SUPPRESS if field.name in HIDDEN else _help(field, command)
+        options: dict = {"dest": field.name, "default": None, "help": shown}
         if meta["kind"] == "switch":
             options["action"] = "store_true"
         elif meta["kind"] == "toggle":
@@ -80,7 +95,7 @@ def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
             options.update(type=_bool, metavar="BOOL")
         else:
             options.update(type=_TYPES[str(field.type).split(" |")[0]], choices=meta["choices"])
-        groups[meta["group"]].add_argument(flag(field.name), **options)
+        groups[group].add_argument(flag(field.name), **options)
 
 
 def _add_predict_flags(p: argparse.ArgumentParser) -> None:
