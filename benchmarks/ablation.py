@@ -44,7 +44,7 @@ from attnopt.cli.commands import build_parser
 from attnopt.cli.compare import across_seeds, check_same_episodes, paired_difference
 from attnopt.config import Config, flag
 from attnopt.errors import UserError
-from attnopt.runs.folder import read_test_record
+from attnopt.runs.records import read_test_record
 
 Settings = tuple[tuple[str, str], ...]  # (name, value) pairs, sorted: a variant
 

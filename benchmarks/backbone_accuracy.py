@@ -28,7 +28,7 @@ import torch
 from attnopt.api import train
 from attnopt.config import resolve
 from attnopt.errors import Interrupted
-from attnopt.runs import folder as runfolder
+from attnopt.runs import records
 from attnopt.training.checkpoint import load_checkpoint
 from attnopt.training.evaluation import test_checkpoint
 
@@ -39,9 +39,9 @@ def test_and_record(checkpoint: str, run_dir: Path, episodes: int):
     ckpt = load_checkpoint(checkpoint)
     config = resolve({"episode_test": episodes, "cpu": True}, base=ckpt["config"])
     result = test_checkpoint(checkpoint, config, torch.device("cpu"))
-    record = run_dir / "evals" / f"{runfolder.eval_name(checkpoint, config)}.json"
+    record = run_dir / "evals" / f"{records.eval_name(checkpoint, config)}.json"
     record.parent.mkdir(parents=True, exist_ok=True)
-    runfolder.write_test_record(record, result, checkpoint, ckpt["episode"], run_dir)
+    records.write_test_record(record, result, checkpoint, ckpt["episode"], run_dir)
     return result, record
 
 

@@ -38,7 +38,7 @@ from attnopt.data.augment import make_augmentation
 from attnopt.data.episodes import EVAL_SEED, TEST_STREAM, VAL_STREAM, Episode, EpisodeSampler
 from attnopt.errors import UserError
 from attnopt.runs.fileio import atomic_write
-from attnopt.runs.folder import write_test_record
+from attnopt.runs.records import write_test_record
 from attnopt.runtime.device import seed_everything
 from attnopt.training.checkpoint import PRETRAINED, load_checkpoint
 from attnopt.training.evaluation import EvalResult, confidence_interval

@@ -198,6 +198,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _test(args: argparse.Namespace) -> None:
     from attnopt.config import resolve
     from attnopt.runs import folder as runfolder
+    from attnopt.runs import records
     from attnopt.runtime.device import select_device
     from attnopt.training.checkpoint import load_checkpoint, refuse_pretrained
     from attnopt.training.evaluation import test_checkpoint
@@ -211,14 +212,14 @@ def _test(args: argparse.Namespace) -> None:
     device = select_device(config.cpu)
     log.info("testing %s on %d episodes (%s)", args.resume, config.episode_test, device.type)
     result = test_checkpoint(args.resume, config, device)
-    record = run_dir / "evals" / f"{runfolder.eval_name(args.resume, config)}.json"
+    record = run_dir / "evals" / f"{records.eval_name(args.resume, config)}.json"
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         from attnopt.runs.fileio import os_error_message
 
         raise UserError(os_error_message("write", record.parent, e)) from None
-    runfolder.write_test_record(record, result, args.resume, ckpt["episode"], run_dir)
+    records.write_test_record(record, result, args.resume, ckpt["episode"], run_dir)
     log.info("wrote %s", record)
     print(f"test accuracy {result.summary()}")
 

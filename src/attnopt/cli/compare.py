@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from attnopt.errors import UserError
-from attnopt.runs.folder import TestRecord, read_test_record
+from attnopt.runs.records import TestRecord, read_test_record
 
 
 def check_same_episodes(base: TestRecord, other: TestRecord) -> None:

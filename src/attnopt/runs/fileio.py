@@ -142,14 +142,3 @@ def remove_stale_temps(folder: Path) -> None:
     for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
-
-
-def check_writable(folder: Path, what: str) -> None:
-    """UserError unless a file can be created in ``folder`` (created if missing); ``what``
-    names it in the message, e.g. "the run folder (--save)"."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise UserError(os_error_message(f"write to {what}", folder, e)) from None

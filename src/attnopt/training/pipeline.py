@@ -16,7 +16,7 @@ import torch
 
 from attnopt.config import Config
 from attnopt.errors import UserError
-from attnopt.runs import folder as runfolder
+from attnopt.runs import records
 from attnopt.runs.log import QuietLog, RunLog
 from attnopt.runtime.device import use_deterministic_algorithms
 from attnopt.training import distributed
@@ -52,7 +52,7 @@ def test_best(
     )
     result = test_checkpoint(str(best), config, device, procs=procs)
     if procs.is_main:
-        runfolder.write_test_record(
+        records.write_test_record(
             trained.run_dir / "test.json", result, best, trained.best_episode, trained.run_dir
         )
     log.info("best val accuracy %.2f%% at episode %d", trained.best_accuracy, trained.best_episode)
