@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from attnopt.cli.commands import build_parser
+from attnopt.cli.commands import HIDDEN, build_parser
 
 REGENERATE = "python -m attnopt.cli.flags_page > docs/flags.md"
 
@@ -84,6 +84,7 @@ def _section(name: str, parser: argparse.ArgumentParser) -> list[str]:
 def flags_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     """The Markdown of docs/flags.md: every subcommand's flags, by argument group."""
     parser = parser or build_parser()
+    assert HIDDEN == {"input_size", "bn_momentum", "pin_mem"}, "update the note on hidden flags"
     lines = [
         "# Flags",
         "",
@@ -91,6 +92,12 @@ def flags_markdown(parser: argparse.ArgumentParser | None = None) -> str:
         f"(`{REGENERATE}`; a test fails when this page drifts from it). Where a default depends",
         "on the data set, the meaning names each data set's value; `attnopt COMMAND --help`",
         "prints the same.",
+        "",
+        "The seed's `--input-size`, `--bn-momentum` and `--pin-mem` are still accepted (by",
+        "`attnopt` and by `python main.py --mode ...`, so the seed's scripts run unchanged) but",
+        "do nothing here, and are hidden from `--help`: the LSTM's input is always the 4",
+        "preprocessed numbers, no BatchNorm running statistics are kept, and episodes are",
+        "drawn from an in-memory array.",
         "",
     ]
     top = _section("attnopt", parser)[2:]
