@@ -12,15 +12,10 @@ after one block) keeps autograd, on its own small graph.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from attnopt.models.grouped import to_grouped
-
-if TYPE_CHECKING:
-    from attnopt.models.learner import Conv4Learner
+from attnopt.models.grouped import GroupedLearner, to_grouped
 
 _ATTN = ("attn.norm.weight", "attn.norm.bias") + tuple(
     f"attn.{w}.weight" for w in ("query", "key", "value", "out")
@@ -28,7 +23,7 @@ _ATTN = ("attn.norm.weight", "attn.norm.bias") + tuple(
 
 
 def loss_and_grad(
-    learner: Conv4Learner, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    learner: GroupedLearner, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:meth:`Conv4Learner.loss_and_grad` (fp32 or fp64, every image a support image):
     theta (B, P), x (B, n, C, H, W), y (B, n) -> mean cross-entropy (B,) and its gradient
@@ -66,7 +61,7 @@ def loss_and_grad(
 
 
 def _block_forward(
-    learner: Conv4Learner, p: dict[str, torch.Tensor], b: int, h: torch.Tensor, tasks: int
+    learner: GroupedLearner, p: dict[str, torch.Tensor], b: int, h: torch.Tensor, tasks: int
 ) -> tuple[torch.Tensor, ...]:
     """conv -> BatchNorm (the batch's statistics) -> max-pool -> ReLU, as Conv4Learner._stage;
     returns what the backward needs, the block's output last."""
@@ -87,7 +82,7 @@ def _block_forward(
 
 
 def _block_backward(
-    learner: Conv4Learner,
+    learner: GroupedLearner,
     g: dict[str, torch.Tensor],
     b: int,
     record: tuple[torch.Tensor, ...],
@@ -133,7 +128,7 @@ def _block_backward(
 
 
 def _attention_forward(
-    learner: Conv4Learner, p: dict[str, torch.Tensor], h: torch.Tensor, n: int
+    learner: GroupedLearner, p: dict[str, torch.Tensor], h: torch.Tensor, n: int
 ) -> tuple:
     """The cross-attention on a small autograd graph of its own: the block's output and the
     attention's slices of θ as leaves."""
