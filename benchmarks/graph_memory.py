@@ -22,7 +22,7 @@ import itertools
 import torch
 from throughput import CONFIGS
 
-from attnopt.adapt import adapt_tasks
+from attnopt.adapt import adapt
 from attnopt.config import ADAPT_MODES, ATTENTION_MODES, resolve
 from attnopt.data.episodes import Episode
 from attnopt.models.backbones import BUILT_IN
@@ -56,14 +56,14 @@ def saved_bytes(output: torch.Tensor) -> int:
     return total
 
 
-def measure(name: str, backbone: str, width: int | None, adapt: str | None, attention: str,
+def measure(name: str, backbone: str, width: int | None, adapt_mode: str | None, attention: str,
             tasks: int, device: str, attn_chunk: int = 64) -> str:  # fmt: skip
     channels, size, n, k, q, epochs, batch = CONFIGS[name]
     torch.manual_seed(0)
     config = resolve(
         dict(
             n_class=n, n_shot=k, image_size=size, attention=attention, backbone=backbone,
-            width=width, adapt=adapt, attn_chunk=attn_chunk,
+            width=width, adapt=adapt_mode, attn_chunk=attn_chunk,
         )
     )  # fmt: skip
     model = build_model(config, channels).to(device)
@@ -74,9 +74,7 @@ def measure(name: str, backbone: str, width: int | None, adapt: str | None, atte
         query_x=torch.randn(1, n * q, channels, size, size, device=device),
         query_y=torch.arange(n, device=device).repeat(q)[None],
     )
-    theta = adapt_tasks(
-        model.learner, model.metalearner, episodes.support_x, support_y, epochs, batch
-    )
+    theta = adapt(model.learner, model.metalearner, episodes.support_x, support_y, epochs, batch)
     trajectory = saved_bytes(theta)
     del theta
     total = saved_bytes(score_episodes(model, episodes, InnerLoop(epochs, batch)).loss)
@@ -102,7 +100,7 @@ def main() -> None:
     parser.add_argument("--meta-batch", type=int, default=32, help="B of the prediction (32)")
     parser.add_argument("--device", default="meta", help="meta (count only) or cpu (check)")
     args = parser.parse_args()
-    for name, backbone, width, adapt, attention, chunk in itertools.product(
+    for name, backbone, width, adapt_mode, attention, chunk in itertools.product(
         args.config or ["mini-5shot"],
         args.backbone or ["conv4"],
         args.width or [None],
@@ -110,7 +108,9 @@ def main() -> None:
         args.attention or ["none", "both"],
         args.attn_chunk or [64],
     ):
-        line = measure(name, backbone, width, adapt, attention, args.meta_batch, args.device, chunk)
+        line = measure(
+            name, backbone, width, adapt_mode, attention, args.meta_batch, args.device, chunk
+        )
         print(line, flush=True)
 
 

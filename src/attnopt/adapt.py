@@ -15,7 +15,7 @@ from attnopt.models.base import Learner
 from attnopt.models.metalearner import MetaLearner, MetaState
 
 
-def adapt_tasks(
+def adapt(
     learner: Learner,
     metalearner: MetaLearner,
     support_x: torch.Tensor,
@@ -34,6 +34,7 @@ def adapt_tasks(
     coordinates θ_a only; the others stay at θ_0 = c_I, and the learner's frozen leading stages
     run once per support mini-batch. ``on_step(t, θ_t, state)`` is called after every step
     (for inspection and plots) with the whole θ_t (B, P) and the state of the adapted rows.
+    One task is a meta-batch of one: ``support_x[None], support_y[None]`` in, ``θ_T[0]`` out.
     """
     tasks, n = support_x.shape[:2]
     adapted, frozen = learner.split(metalearner.c_init)
@@ -58,26 +59,7 @@ def adapt_tasks(
     return learner.merge(theta, frozen)
 
 
-def adapt(
-    learner: Learner,
-    metalearner: MetaLearner,
-    support_x: torch.Tensor,
-    support_y: torch.Tensor,
-    epochs: int,
-    batch_size: int,
-    on_step: Callable[[int, torch.Tensor, MetaState], None] | None = None,
-) -> torch.Tensor:
-    """:func:`adapt_tasks` for one task: support_x (N*K, C, H, W), support_y (N*K,) -> θ_T (P,).
-
-    ``on_step`` sees the states of a meta-batch of one, (1, P, ...).
-    """
-    theta = adapt_tasks(
-        learner, metalearner, support_x[None], support_y[None], epochs, batch_size, on_step
-    )
-    return theta[0]
-
-
-def query_logits_tasks(
+def query_logits(
     learner: Learner,
     theta: torch.Tensor,
     support_x: torch.Tensor,
@@ -88,17 +70,7 @@ def query_logits_tasks(
 
     bn="support": BatchNorm uses each support set's statistics under θ, so each query image is
     classified on its own. bn="transductive": the query batch's own statistics.
+    One task: ``theta[None], support_x[None], query_x[None]`` in, logits ``[0]`` (M, N) out.
     """
     n = support_x.shape[1]
     return learner(theta, torch.cat((support_x, query_x), dim=1), n_support=n, bn=bn)[:, n:]
-
-
-def query_logits(
-    learner: Learner,
-    theta: torch.Tensor,
-    support_x: torch.Tensor,
-    query_x: torch.Tensor,
-    bn: str = "support",
-) -> torch.Tensor:
-    """:func:`query_logits_tasks` for one task: θ (P,), query_x (M, C, H, W) -> logits (M, N)."""
-    return query_logits_tasks(learner, theta[None], support_x[None], query_x[None], bn)[0]

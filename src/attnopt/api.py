@@ -248,7 +248,7 @@ class FewShotClassifier:
         model = narrow(self.model, self.config, self.channels, len(classes))
         epochs, batch_size = inner_loop_shape(self.config, len(y))
         with torch.no_grad():
-            theta = adapt(model.learner, model.metalearner, x, y, epochs, batch_size)
+            theta = adapt(model.learner, model.metalearner, x[None], y[None], epochs, batch_size)[0]
         return AdaptedTask(self, model.learner, theta, x, classes)
 
 
@@ -294,7 +294,13 @@ class AdaptedTask:
         with torch.no_grad():
             logits = torch.cat(
                 [
-                    query_logits(self.learner, self.theta, self.support_x, chunk, bn="support")
+                    query_logits(
+                        self.learner,
+                        self.theta[None],
+                        self.support_x[None],
+                        chunk[None],
+                        bn="support",
+                    )[0]
                     for chunk in x.split(QUERY_CHUNK)
                 ]
             )

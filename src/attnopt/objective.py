@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.adapt import adapt, query_logits
 from attnopt.config import Config
 from attnopt.data.episodes import Episode
 from attnopt.models.build import FewShotModel
@@ -61,7 +61,7 @@ def score_episodes(
     ``episodes`` holds B tasks (support_x (B, N*K, C, H, W), ...). Under ``torch.no_grad``
     (evaluation) nothing is kept for a meta-gradient. ``on_step`` sees every inner step.
     """
-    theta = adapt_tasks(
+    theta = adapt(
         model.learner,
         model.metalearner,
         episodes.support_x,
@@ -70,9 +70,7 @@ def score_episodes(
         inner.batch_size,
         on_step,
     )
-    logits = query_logits_tasks(
-        model.learner, theta, episodes.support_x, episodes.query_x, inner.bn
-    )
+    logits = query_logits(model.learner, theta, episodes.support_x, episodes.query_x, inner.bn)
     y = episodes.query_y
     # the mean over the tasks of each task's mean query cross-entropy (equal-sized tasks)
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())

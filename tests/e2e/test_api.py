@@ -82,8 +82,12 @@ def test_predictions_are_the_training_pipelines(rgb_ckpt: Path, files) -> None:
     qx = normalize(torch.from_numpy(decode_images(queries, 16, 1, "query")[0]))
     sy = torch.tensor([sorted(set(labels)).index(name) for name in labels])
     with torch.no_grad():
-        theta = adapt(model.learner, model.metalearner, sx, sy, config.epoch, config.batch_size)
-        expected = torch.softmax(query_logits(model.learner, theta, sx, qx).double(), 1)
+        theta = adapt(
+            model.learner, model.metalearner, sx[None], sy[None], config.epoch, config.batch_size
+        )[0]
+        expected = torch.softmax(
+            query_logits(model.learner, theta[None], sx[None], qx[None])[0].double(), 1
+        )
     got = attnopt.load(rgb_ckpt).adapt(support, labels).predict_proba(queries)
     np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-5)
 

@@ -14,7 +14,7 @@ from conftest import error_line, tiny_flags
 
 import attnopt
 import attnopt.training.pipeline
-from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.adapt import adapt, query_logits
 from attnopt.cli.commands import main
 from attnopt.config import Config
 from attnopt.data.episodes import Episode
@@ -28,13 +28,13 @@ def _meta_update(model: FewShotModel, episode: tuple[torch.Tensor, ...]) -> list
     """θ_T, the meta-loss and its gradient for every meta-parameter; then evaluation logits."""
     support_x, support_y, query_x, query_y = episode
     learner, metalearner = model.learner, model.metalearner
-    theta = adapt_tasks(learner, metalearner, support_x, support_y, epochs=2, batch_size=3)
-    logits = query_logits_tasks(learner, theta, support_x, query_x)
+    theta = adapt(learner, metalearner, support_x, support_y, epochs=2, batch_size=3)
+    logits = query_logits(learner, theta, support_x, query_x)
     loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
     grads = torch.autograd.grad(loss, list(model.parameters()))
     with torch.no_grad():  # evaluation: the compiled graphs without autograd
-        eval_theta = adapt_tasks(learner, metalearner, support_x, support_y, 2, 3)
-        eval_logits = query_logits_tasks(learner, eval_theta, support_x, query_x)
+        eval_theta = adapt(learner, metalearner, support_x, support_y, 2, 3)
+        eval_logits = query_logits(learner, eval_theta, support_x, query_x)
     return [theta.detach(), loss.detach(), *grads, eval_logits]
 
 

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import attnopt.training.pipeline
-from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.adapt import adapt, query_logits
 from attnopt.cli.commands import main
 from attnopt.config import Config, resolve
 from attnopt.data.episodes import TEST_STREAM, VAL_STREAM, EpisodeSampler
@@ -39,8 +39,8 @@ def meta_gradient(tasks: slice, procs: distributed.Processes) -> dict[str, torch
     g = torch.Generator().manual_seed(1)
     support_x, query_x = torch.randn(2, 6, 3, 16, 16, generator=g), torch.randn(2, 6, 3, 16, 16)
     support_y = query_y = torch.arange(3).repeat(2).expand(2, -1)
-    theta = adapt_tasks(model.learner, model.metalearner, support_x[tasks], support_y[tasks], 2, 6)
-    logits = query_logits_tasks(model.learner, theta, support_x[tasks], query_x[tasks])
+    theta = adapt(model.learner, model.metalearner, support_x[tasks], support_y[tasks], 2, 6)
+    logits = query_logits(model.learner, theta, support_x[tasks], query_x[tasks])
     F.cross_entropy(logits.flatten(0, 1), query_y[tasks].flatten()).backward()
     distributed.average_gradients(model.parameters(), procs)
     return {name: p.grad for name, p in model.named_parameters()}

@@ -275,7 +275,7 @@ def test_read_only_file_system_fails_before_any_work(
 def inject_nan(monkeypatch: pytest.MonkeyPatch, bad_episodes: set[int]) -> None:
     """Make the query logits of these training episodes (1-based) NaN."""
     calls = {"episode": 0}
-    real = OBJECTIVE.query_logits_tasks
+    real = OBJECTIVE.query_logits
 
     def query_logits(*args, **kwargs):
         logits = real(*args, **kwargs)
@@ -284,7 +284,7 @@ def inject_nan(monkeypatch: pytest.MonkeyPatch, bad_episodes: set[int]) -> None:
         calls["episode"] += 1  # one meta-update per episode (--meta-batch 1)
         return logits * float("nan") if calls["episode"] in bad_episodes else logits
 
-    monkeypatch.setattr(OBJECTIVE, "query_logits_tasks", query_logits)
+    monkeypatch.setattr(OBJECTIVE, "query_logits", query_logits)
 
 
 def record_checkpoints(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict]:

@@ -50,8 +50,8 @@ def trajectory(model: FewShotModel, support_x, support_y) -> list[torch.Tensor]:
     adapt(
         model.learner,
         model.metalearner,
-        support_x,
-        support_y,
+        support_x[None],
+        support_y[None],
         EPOCHS,
         BATCH,
         on_step=lambda t, theta, state: steps.append(theta[0].detach().clone()),
@@ -70,8 +70,12 @@ def test_untrained_attention_is_exactly_the_plain_model(attention: str, episode)
     assert len(plain_steps) == len(other_steps) == EPOCHS
     for a, b in zip(plain_steps, other_steps, strict=True):
         assert torch.equal(a, b[:p])
-    logits_plain = query_logits(plain.learner, plain_steps[-1], support_x, query_x)
-    logits_other = query_logits(other.learner, other_steps[-1], support_x, query_x)
+    logits_plain = query_logits(
+        plain.learner, plain_steps[-1][None], support_x[None], query_x[None]
+    )[0]
+    logits_other = query_logits(
+        other.learner, other_steps[-1][None], support_x[None], query_x[None]
+    )[0]
     torch.testing.assert_close(logits_plain, logits_other, rtol=0, atol=1e-6)
 
 
@@ -82,8 +86,8 @@ def test_meta_attention_weights_are_distributions(episode) -> None:
     adapt(
         model.learner,
         model.metalearner,
-        support_x,
-        support_y,
+        support_x[None],
+        support_y[None],
         1,
         BATCH,
         on_step=lambda t, theta, state: states.append(state),
@@ -147,9 +151,12 @@ def test_meta_step_backward_has_no_scatter() -> None:
 
 def meta_update(model: FewShotModel, optimizer, episode) -> dict[str, torch.Tensor]:
     support_x, support_y, query_x = episode
-    theta = adapt(model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH)
+    theta = adapt(
+        model.learner, model.metalearner, support_x[None], support_y[None], EPOCHS, BATCH
+    )[0]
     loss = F.cross_entropy(
-        query_logits(model.learner, theta, support_x, query_x), torch.arange(5).repeat(3)
+        query_logits(model.learner, theta[None], support_x[None], query_x[None])[0],
+        torch.arange(5).repeat(3),
     )
     optimizer.zero_grad()
     loss.backward()
@@ -243,8 +250,11 @@ def test_adaptation_sees_the_support_set_only(trained_both: FewShotModel, episod
     model = trained_both
     thetas = []
     for queries in (query_x, query_x.flip(0), torch.randn_like(query_x)):
-        theta = adapt(model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH)
-        query_logits(model.learner, theta, support_x, queries)  # the query set is used after
+        theta = adapt(
+            model.learner, model.metalearner, support_x[None], support_y[None], EPOCHS, BATCH
+        )[0]
+        # the query set is used after
+        query_logits(model.learner, theta[None], support_x[None], queries[None])
         thetas.append(theta.detach())
     assert torch.equal(thetas[0], thetas[1]) and torch.equal(thetas[0], thetas[2])
 
@@ -255,18 +265,30 @@ def test_a_query_prediction_does_not_depend_on_the_other_queries(
     support_x, support_y, query_x = episode
     model = trained_both
     with torch.no_grad():
-        theta = adapt(model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH)
-        together = query_logits(model.learner, theta, support_x, query_x)
-        alone = query_logits(model.learner, theta, support_x, query_x[:1])
+        theta = adapt(
+            model.learner, model.metalearner, support_x[None], support_y[None], EPOCHS, BATCH
+        )[0]
+        together = query_logits(model.learner, theta[None], support_x[None], query_x[None])[0]
+        alone = query_logits(model.learner, theta[None], support_x[None], query_x[:1][None])[0]
         others_replaced = query_logits(
-            model.learner, theta, support_x, torch.cat((query_x[:1], torch.randn(9, 3, 16, 16)))
-        )
-        permuted = query_logits(model.learner, theta, support_x, query_x.flip(0))
+            model.learner,
+            theta[None],
+            support_x[None],
+            torch.cat((query_x[:1], torch.randn(9, 3, 16, 16)))[None],
+        )[0]
+        permuted = query_logits(
+            model.learner,
+            theta[None],
+            support_x[None],
+            query_x.flip(0)[None],
+        )[0]
     torch.testing.assert_close(together[:1], alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(together[:1], others_replaced[:1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(together.flip(0), permuted, rtol=1e-5, atol=1e-5)
     # The attention is live: the support set does change the prediction.
-    changed = query_logits(model.learner, theta, support_x.flip(0) * 0.5, query_x[:1])
+    changed = query_logits(
+        model.learner, theta[None], (support_x.flip(0) * 0.5)[None], query_x[:1][None]
+    )[0]
     assert not torch.allclose(alone, changed, atol=1e-4)
 
 
@@ -283,8 +305,12 @@ def test_every_variant_meta_learns_a_fixed_task_on_1_shot_and_5_shot(attention: 
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         losses = []
         for _ in range(5):
-            theta = adapt(model.learner, model.metalearner, support_x, support_y, 2, 5 * shot)
-            loss = F.cross_entropy(query_logits(model.learner, theta, support_x, query_x), query_y)
+            theta = adapt(
+                model.learner, model.metalearner, support_x[None], support_y[None], 2, 5 * shot
+            )[0]
+            loss = F.cross_entropy(
+                query_logits(model.learner, theta[None], support_x[None], query_x[None])[0], query_y
+            )
             optimizer.zero_grad()
             loss.backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]

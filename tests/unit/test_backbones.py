@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from attnopt.adapt import adapt, adapt_tasks, query_logits
+from attnopt.adapt import adapt, query_logits
 from attnopt.config import Config
 from attnopt.models.build import FewShotModel, build_model
 from attnopt.models.resnet12 import ResNet12Learner, resnet12_channels, resnet12_module
@@ -129,9 +129,9 @@ def test_partial_adaptation_holds_the_frozen_coordinates_and_meta_learns_them(
     support_x, support_y, query_x = episode()
     rows = []
     theta = adapt(
-        learner, meta, support_x, support_y, EPOCHS, BATCH,
+        learner, meta, support_x[None], support_y[None], EPOCHS, BATCH,
         on_step=lambda t, theta, state: rows.append(state.h.shape[-1]),
-    )  # fmt: skip
+    )[0]  # fmt: skip
     assert rows == [learner.num_adapted] * EPOCHS * 2  # the LSTM sees the adapted rows only
     assert meta.initial_state().c.shape == (6, learner.num_adapted)  # hidden-major
     adapted, frozen = learner.split(theta)
@@ -144,7 +144,9 @@ def test_partial_adaptation_holds_the_frozen_coordinates_and_meta_learns_them(
     assert any(n.startswith("block3.") for n in names) == (mode == "last")
     if attention == "both":
         assert {f"attn.{w}.weight" for w in ("query", "key", "value", "out")} <= names
-    loss = F.cross_entropy(query_logits(learner, theta, support_x, query_x), torch.arange(15) % 5)
+    loss = F.cross_entropy(
+        query_logits(learner, theta[None], support_x[None], query_x[None])[0], torch.arange(15) % 5
+    )
     loss.backward()
     grad_adapted, grad_frozen = learner.split(meta.c_init.grad)
     assert grad_frozen.abs().sum() > 0 and grad_adapted.abs().sum() > 0  # both meta-learned
@@ -203,7 +205,15 @@ def test_untrained_attention_is_exactly_the_plain_model_for_every_backbone(
         def record(t: int, theta: torch.Tensor, state) -> None:
             steps.append(theta[0, :p].detach().clone())
 
-        adapt(model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH, record)
+        adapt(
+            model.learner,
+            model.metalearner,
+            support_x[None],
+            support_y[None],
+            EPOCHS,
+            BATCH,
+            record,
+        )
         return steps
 
     for a, b in zip(trajectory(plain), trajectory(other), strict=True):
@@ -224,16 +234,19 @@ def test_queries_are_independent_and_batched_tasks_equal_separate_ones(
     support_x, support_y, query_x = episode(tasks=2)
     learner, meta = model.learner, model.metalearner
     with torch.no_grad():
-        together = adapt_tasks(learner, meta, support_x, support_y, 1, BATCH)
+        together = adapt(learner, meta, support_x, support_y, 1, BATCH)
         for b in range(2):
-            alone = adapt(learner, meta, support_x[b], support_y[b], 1, BATCH)
+            alone = adapt(learner, meta, support_x[b][None], support_y[b][None], 1, BATCH)[0]
             torch.testing.assert_close(together[b], alone, rtol=1e-5, atol=1e-6)
         theta = together[0]
-        all_queries = query_logits(learner, theta, support_x[0], query_x[0])
-        one = query_logits(learner, theta, support_x[0], query_x[0, :1])
+        all_queries = query_logits(learner, theta[None], support_x[0][None], query_x[0][None])[0]
+        one = query_logits(learner, theta[None], support_x[0][None], query_x[0, :1][None])[0]
         replaced = query_logits(
-            learner, theta, support_x[0], torch.cat((query_x[0, :1], query_x[1, 1:]))
-        )
+            learner,
+            theta[None],
+            support_x[0][None],
+            torch.cat((query_x[0, :1], query_x[1, 1:]))[None],
+        )[0]
     torch.testing.assert_close(all_queries[:1], one, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(all_queries[:1], replaced[:1], rtol=1e-5, atol=1e-5)
 
@@ -243,8 +256,10 @@ def test_adaptation_never_sees_the_query_set_for_resnet12() -> None:
     support_x, support_y, query_x = episode()
     thetas = []
     for queries in (query_x, torch.randn_like(query_x)):
-        theta = adapt(model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH)
-        query_logits(model.learner, theta, support_x, queries)
+        theta = adapt(
+            model.learner, model.metalearner, support_x[None], support_y[None], EPOCHS, BATCH
+        )[0]
+        query_logits(model.learner, theta[None], support_x[None], queries[None])
         thetas.append(theta.detach())
     assert torch.equal(thetas[0], thetas[1])
 
@@ -338,7 +353,7 @@ def test_bf16_autocast_runs_every_backbone_and_changes_the_loss_only_slightly(ba
     losses = {}
     for amp in ("none", "bf16"):
         model = make(backbone, "last", "both", amp=amp)
-        theta = adapt_tasks(model.learner, model.metalearner, support_x, support_y, 1, BATCH)
+        theta = adapt(model.learner, model.metalearner, support_x, support_y, 1, BATCH)
         logits = model.learner(theta, torch.cat((support_x, query_x), 1), n_support=10)[:, 10:]
         assert logits.dtype == torch.float32
         losses[amp] = F.cross_entropy(logits[0], torch.arange(15) % 5)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from graph_memory import saved_bytes
 
-from attnopt.adapt import adapt, adapt_tasks, query_logits, query_logits_tasks
+from attnopt.adapt import adapt, query_logits
 from attnopt.cli.commands import main
 from attnopt.config import Config
 from attnopt.data.episodes import EpisodeSampler
@@ -51,18 +51,21 @@ def test_batched_adaptation_equals_separate_adaptations(attention: str) -> None:
     model = trained_looking(attention)
     support_x, support_y, query_x, _ = tasks()
     with torch.no_grad():
-        together = adapt_tasks(
-            model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH
-        )
-        logits = query_logits_tasks(model.learner, together, support_x, query_x)
+        together = adapt(model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH)
+        logits = query_logits(model.learner, together, support_x, query_x)
         for b in range(TASKS):
             alone = adapt(
-                model.learner, model.metalearner, support_x[b], support_y[b], EPOCHS, BATCH
-            )
+                model.learner,
+                model.metalearner,
+                support_x[b][None],
+                support_y[b][None],
+                EPOCHS,
+                BATCH,
+            )[0]
             torch.testing.assert_close(together[b], alone, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(
                 logits[b],
-                query_logits(model.learner, alone, support_x[b], query_x[b]),
+                query_logits(model.learner, alone[None], support_x[b][None], query_x[b][None])[0],
                 rtol=1e-4,
                 atol=1e-5,
             )
@@ -74,10 +77,8 @@ def test_meta_gradient_of_a_batch_is_the_mean_of_the_tasks_meta_gradients(attent
     support_x, support_y, query_x, query_y = tasks()
 
     def meta_loss(sl: slice) -> torch.Tensor:
-        theta = adapt_tasks(
-            model.learner, model.metalearner, support_x[sl], support_y[sl], EPOCHS, BATCH
-        )
-        logits = query_logits_tasks(model.learner, theta, support_x[sl], query_x[sl])
+        theta = adapt(model.learner, model.metalearner, support_x[sl], support_y[sl], EPOCHS, BATCH)
+        logits = query_logits(model.learner, theta, support_x[sl], query_x[sl])
         return F.cross_entropy(logits.flatten(0, 1), query_y[sl].flatten())
 
     params = list(model.parameters())
@@ -95,9 +96,9 @@ def test_bf16_autocast_changes_the_meta_loss_only_slightly() -> None:
     losses = {}
     for amp in ("none", "bf16"):
         model = trained_looking("both", amp=amp)
-        theta = adapt_tasks(model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH)
+        theta = adapt(model.learner, model.metalearner, support_x, support_y, EPOCHS, BATCH)
         assert theta.dtype == torch.float32
-        logits = query_logits_tasks(model.learner, theta, support_x, query_x)
+        logits = query_logits(model.learner, theta, support_x, query_x)
         assert logits.dtype == torch.float32
         losses[amp] = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
         losses[amp].backward()  # the meta-gradient flows through autocast
@@ -225,7 +226,7 @@ def test_the_meta_graph_keeps_no_activations_of_the_inner_steps() -> None:
         model = build_model(config, in_channels=3)
         support_x = torch.randn(2, 10, 3, size, size)
         support_y = torch.arange(5).repeat(2).expand(2, -1)
-        theta = adapt_tasks(model.learner, model.metalearner, support_x, support_y, 3, 5)
+        theta = adapt(model.learner, model.metalearner, support_x, support_y, 3, 5)
         return saved_bytes(theta)
 
     small, large = kept(16), kept(31)

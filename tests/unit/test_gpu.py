@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnopt.adapt import adapt_tasks, query_logits_tasks
+from attnopt.adapt import adapt, query_logits
 from attnopt.config import Config
 from attnopt.models.build import build_model
 from attnopt.runtime.compilation import compile_model
@@ -22,8 +22,8 @@ def meta_loss(model, device: torch.device, amp: str = "none") -> torch.Tensor:
     query_x = torch.randn(4, 75, 3, 84, 84, generator=g).to(device)
     support_y = torch.arange(5).repeat(5).expand(4, -1).to(device)
     query_y = torch.arange(5).repeat(15).expand(4, -1).to(device)
-    theta = adapt_tasks(model.learner, model.metalearner, support_x, support_y, 8, 25)
-    logits = query_logits_tasks(model.learner, theta, support_x, query_x)
+    theta = adapt(model.learner, model.metalearner, support_x, support_y, 8, 25)
+    logits = query_logits(model.learner, theta, support_x, query_x)
     return F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
 
 

@@ -36,7 +36,7 @@ def test_pinned_gates_make_the_inner_loop_exactly_sgd(task, epochs: int, batch_s
     learner, metalearner, support_x, support_y, _ = task
     lr = 0.05
     pin_gates(metalearner, lr)
-    theta_t = adapt(learner, metalearner, support_x, support_y, epochs, batch_size)
+    theta_t = adapt(learner, metalearner, support_x[None], support_y[None], epochs, batch_size)[0]
 
     module = reference_module(learner)
     nn.utils.vector_to_parameters(metalearner.c_init.detach().clone(), module.parameters())
@@ -67,7 +67,7 @@ def test_inner_grad_scale_scales_the_gradient_the_meta_learner_reads_and_applies
     learner, metalearner, support_x, support_y, _ = task
     pin_gates(metalearner, 0.05)
     metalearner.grad_scale = 1 / 10  # the public port: the mean gradient / the batch size
-    theta_t = adapt(learner, metalearner, support_x, support_y, 1, 10)
+    theta_t = adapt(learner, metalearner, support_x[None], support_y[None], 1, 10)[0]
     _, grad = learner.loss_and_grad(metalearner.c_init[None], support_x[None], support_y[None])
     torch.testing.assert_close(theta_t.detach(), metalearner.c_init.detach() - 0.005 * grad[0])
     theta, state = metalearner.c_init.detach(), metalearner.initial_state()
@@ -78,8 +78,8 @@ def test_inner_grad_scale_scales_the_gradient_the_meta_learner_reads_and_applies
 
 
 def meta_loss(learner, metalearner, support_x, support_y, query_x) -> torch.Tensor:
-    theta = adapt(learner, metalearner, support_x, support_y, 3, 10)
-    logits = query_logits(learner, theta, support_x, query_x)
+    theta = adapt(learner, metalearner, support_x[None], support_y[None], 3, 10)[0]
+    logits = query_logits(learner, theta[None], support_x[None], query_x[None])[0]
     return F.cross_entropy(logits, torch.arange(5).repeat(3))
 
 
@@ -113,7 +113,7 @@ def test_meta_gradient_is_first_order(task, monkeypatch: pytest.MonkeyPatch) -> 
     theta, state = metalearner.c_init.repeat(1, 1), metalearner.initial_state((1,))
     for loss, grad in recorded:  # a meta-batch of one task: loss (1,), grad (1, P)
         theta, state = metalearner.step(grad.clone(), loss.clone(), theta, state)
-    logits = query_logits(learner, theta[0], support_x, query_x)
+    logits = query_logits(learner, theta, support_x[None], query_x[None])[0]  # theta: (1, P)
     F.cross_entropy(logits, torch.arange(5).repeat(3)).backward()
     for name, p in metalearner.named_parameters():
         torch.testing.assert_close(actual[name], p.grad, msg=name)
@@ -122,7 +122,7 @@ def test_meta_gradient_is_first_order(task, monkeypatch: pytest.MonkeyPatch) -> 
 def test_evaluation_adapts_without_building_a_meta_graph(task) -> None:
     learner, metalearner, support_x, support_y, _ = task
     with torch.no_grad():
-        theta = adapt(learner, metalearner, support_x, support_y, 2, 10)
+        theta = adapt(learner, metalearner, support_x[None], support_y[None], 2, 10)[0]
     assert not theta.requires_grad
     assert not torch.equal(theta, metalearner.c_init.detach())  # it did learn something
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 import attnopt
-from attnopt.adapt import adapt, adapt_tasks, query_logits
+from attnopt.adapt import adapt, query_logits
 from attnopt.config import resolve
 from attnopt.errors import UserError
 from attnopt.models import backbones
@@ -92,11 +92,11 @@ def test_a_wrapped_backbone_batches_tasks_and_keeps_queries_apart(adapt_mode: st
     support_x, query_x = torch.randn(2, 10, 3, 16, 16, generator=g), torch.randn(6, 3, 16, 16)
     support_y = torch.arange(5).repeat(2).expand(2, -1)
     with torch.no_grad():
-        together = adapt_tasks(learner, meta, support_x, support_y, 2, 5)
-        alone = adapt(learner, meta, support_x[1], support_y[1], 2, 5)
+        together = adapt(learner, meta, support_x, support_y, 2, 5)
+        alone = adapt(learner, meta, support_x[1][None], support_y[1][None], 2, 5)[0]
         torch.testing.assert_close(together[1], alone, rtol=1e-5, atol=1e-6)
-        logits = query_logits(learner, alone, support_x[1], query_x)
-        single = query_logits(learner, alone, support_x[1], query_x[:1])
+        logits = query_logits(learner, alone[None], support_x[1][None], query_x[None])[0]
+        single = query_logits(learner, alone[None], support_x[1][None], query_x[:1][None])[0]
     torch.testing.assert_close(logits[:1], single, rtol=1e-5, atol=1e-5)
     frozen = learner.split(together)[1]
     if adapt_mode != "all":

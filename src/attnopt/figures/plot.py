@@ -199,8 +199,8 @@ def plot_meta_attention(model: FewShotModel, episode: Episode, config: Config, p
         adapt(
             model.learner,
             meta,
-            episode.support_x,
-            episode.support_y,
+            episode.support_x[None],
+            episode.support_y[None],
             config.epoch,
             config.batch_size,
             on_step=lambda t, theta, state: states.append(state),
@@ -252,8 +252,13 @@ def episode_attention(model: FewShotModel, episode: Episode, config: Config) -> 
     learner, meta = model.learner, model.metalearner
     with torch.no_grad():
         theta = adapt(
-            learner, meta, episode.support_x, episode.support_y, config.epoch, config.batch_size
-        )
+            learner,
+            meta,
+            episode.support_x[None],
+            episode.support_y[None],
+            config.epoch,
+            config.batch_size,
+        )[0]
         s_order = torch.argsort(episode.support_y, stable=True)
         q_order = torch.argsort(episode.query_y, stable=True)
         n_support = s_order.numel()
