@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from attnopt.cli.commands import HIDDEN
 from attnopt.cli.flags_page import REGENERATE, flags_markdown
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,3 +55,9 @@ def test_the_front_page_is_short_and_self_contained() -> None:
     results = readme.split("\n## Results\n")[1].split("\n## ")[0]
     rows = [line for line in results.splitlines() if line.startswith("|")][2:]
     assert 1 <= len(rows) <= 10 and all("](" in row for row in rows), rows
+
+
+def test_the_flags_page_names_every_flag_hidden_from_help() -> None:
+    note = flags_markdown().split("## ", 1)[0]
+    flags = [f"--{name.replace('_', '-')}" for name in sorted(HIDDEN)]
+    assert [flag for flag in flags if f"`{flag}`" not in note] == []
