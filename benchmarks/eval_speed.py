@@ -47,7 +47,7 @@ def measure(
     )  # fmt: skip
     sampler = eval_sampler(imageset, config, "test")
     torch.manual_seed(0)
-    model = build_model(config, channels).to(device)
+    model = build_model(config, channels, device)
     if compiled:
         compile_model(model)
     evaluate(model, sampler, config, min(episodes, 2 * eval_batch), device)  # warm-up

@@ -66,7 +66,7 @@ def measure(name: str, backbone: str, width: int | None, adapt_mode: str | None,
             width=width, adapt=adapt_mode, attn_chunk=attn_chunk,
         )
     )  # fmt: skip
-    model = build_model(config, channels).to(device)
+    model = build_model(config, channels, device)
     support_y = torch.arange(n, device=device).repeat(k)[None]
     episodes = Episode(
         support_x=torch.randn(1, n * k, channels, size, size, device=device),

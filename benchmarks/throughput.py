@@ -76,7 +76,7 @@ def measure(
             attn_feeds=attn_feeds,
         )
     )  # fmt: skip
-    model = compile_model(build_model(config, channels).to(device), COMPILED[compiled])
+    model = compile_model(build_model(config, channels, device), COMPILED[compiled])
     optimizer = torch.optim.Adam(model.param_groups(config.lr, config.attn_lr_scale))
     guard = DivergenceGuard(model.parameters(), optimizer, config.grad_clip, 10, Path("unused"))
     # channels-last, as the episode sampler delivers images

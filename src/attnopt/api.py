@@ -135,7 +135,7 @@ def narrow(model: FewShotModel, config: Config, channels: int, n_class: int) -> 
     state = model.state_dict()
     state["metalearner.c_init"] = head_rows(model.learner, state["metalearner.c_init"], n_class)
     small.load_state_dict(state)
-    return small.to(model.metalearner.c_init.device).eval()
+    return small.place(model.metalearner.c_init.device).eval()
 
 
 class FewShotClassifier:

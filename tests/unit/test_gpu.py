@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def meta_loss(model, device: torch.device, amp: str = "none") -> torch.Tensor:
-    model = model.to(device)
+    model = model.place(device)
     model.learner.amp_dtype = torch.bfloat16 if amp == "bf16" else None
     g = torch.Generator().manual_seed(0)
     support_x = torch.randn(4, 25, 3, 84, 84, generator=g).to(device)

@@ -2,7 +2,6 @@ import pytest
 import torch
 from torch import nn
 
-from attnopt.models.base import Learner
 from attnopt.models.grouped import to_grouped
 from attnopt.models.learner import Conv4Learner
 
@@ -76,34 +75,6 @@ def test_support_statistics_path_equals_batch_norm_on_the_support_alone() -> Non
 def test_images_smaller_than_16_pixels_are_refused() -> None:
     with pytest.raises(ValueError, match="16x16"):
         Conv4Learner(3, 5, 15)
-
-
-@pytest.mark.parametrize(
-    ("channels", "size", "cross_attention", "tasks", "dtype"),
-    [
-        (1, 28, False, 1, torch.float32),
-        (3, 21, False, 3, torch.float32),  # odd sides: pooling drops the last row and column
-        (1, 28, True, 1, torch.float32),
-        (3, 32, True, 2, torch.float32),
-        (1, 20, True, 2, torch.float64),
-    ],
-)
-def test_written_out_inner_step_equals_torch_func_grad_bit_for_bit(
-    channels: int, size: int, cross_attention: bool, tasks: int, dtype: torch.dtype
-) -> None:
-    torch.manual_seed(0)
-    learner = Conv4Learner(channels, 5, size, cross_attention=cross_attention).to(dtype)
-    with torch.no_grad():
-        if cross_attention:
-            learner.attn_scale.normal_()  # the attention's own slices of θ get a gradient
-    theta = learner.init_theta().to(dtype).repeat(tasks, 1)
-    theta += 0.01 * torch.randn_like(theta)  # tasks at different θ
-    x = torch.randn(tasks, 10, size, size, channels, dtype=dtype).movedim(-1, 2)  # channels-last
-    y = torch.randint(0, 5, (tasks, 10))
-    loss, grad = learner.loss_and_grad(theta, x, y)
-    ref_loss, ref_grad = Learner.loss_and_grad(learner, theta, x, y)  # torch.func.grad
-    assert torch.equal(loss, ref_loss)
-    assert torch.equal(grad, ref_grad)  # every coordinate written (the buffer starts empty)
 
 
 @pytest.mark.parametrize(("tasks", "channels"), [(1, 1), (1, 3), (2, 1), (3, 3)])

@@ -7,7 +7,6 @@ from torch import nn
 from torch.func import functional_call
 
 from attnopt.adapt import adapt, query_logits
-from attnopt.models import metalearner as metalearner_module
 from attnopt.models.learner import Conv4Learner, reference_module
 from attnopt.models.metalearner import MetaLearner, preprocess
 
@@ -188,29 +187,3 @@ def test_meta_training_normalises_the_query_set_as_bn_train_says(bn, bn_train, e
     config = Config(bn=bn, bn_train=bn_train)
     assert InnerLoop.of(config, training=True).bn == expected
     assert InnerLoop.of(config).bn == bn  # validation and test: --bn
-
-
-@pytest.mark.parametrize("tasks", [(), (2,)])
-def test_cell_in_column_blocks_without_a_graph_equals_the_whole_cell(
-    tasks: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Evaluation's LSTM cell (no graph: column blocks that stay in the cache) computes what
-    meta-training's does, also for a last block that is not full. The elementwise part is the
-    same bit for bit; the matrix product of a narrow last block may round differently (BLAS
-    kernels for a few columns), so the comparison allows float32 rounding."""
-    monkeypatch.setattr(metalearner_module, "CELL_COLUMNS", 16)
-    torch.manual_seed(0)
-    p, hidden = 50, 6
-    metalearner = MetaLearner(torch.zeros(p), hidden_size=hidden)
-    with torch.no_grad():
-        for w in metalearner.lstm.parameters():
-            w.normal_()
-    grad = torch.randn(*tasks, p) * 10.0 ** torch.randint(-6, 1, (*tasks, p))
-    loss = torch.rand(tasks) + 0.1
-    h, c = torch.randn(2, *tasks, hidden, p).unbind(0)
-    with torch.no_grad():
-        blocks = metalearner._lstm_cell(grad, loss, h, c)
-    whole = metalearner._lstm_cell(grad, loss, h, c)  # grad mode: the whole cell at once
-    assert whole[0].requires_grad  # the reference really took the other path
-    for a, b in zip(blocks, whole, strict=True):
-        torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-6)

@@ -22,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from attnopt.models.backend import PLAIN, Backend
 
 ADAPT_MODES = ("all", "last", "head")
 HEAD, ATTENTION = "head", "attn"
@@ -97,6 +99,8 @@ class Learner(nn.Module):
     The module's own parameters are meta-parameters that the inner loop does not adapt: only
     ``attn_scale`` (per-channel, zero-initialised) when ``cross_attention`` is on.
     """
+
+    backend: Backend = PLAIN  # the fast paths it takes (:meth:`use_backend`)
 
     def __init__(
         self,
@@ -302,6 +306,11 @@ class Learner(nn.Module):
 
         grads, loss = torch.func.grad(total_loss, has_aux=True)(theta.detach())
         return loss.detach(), grads.detach()
+
+    def use_backend(self, backend: Backend) -> None:
+        """Take ``backend``'s fast paths from now on (:mod:`attnopt.models.backend`); a
+        learner without a written-out inner step (all but Conv-4) records it as off."""
+        self.backend = replace(backend, inner_step_by_kernels=False)
 
     def _amp(self, device: torch.device) -> contextlib.AbstractContextManager:
         """Autocast to ``amp_dtype`` (``--amp bf16``) for the blocks; nothing without it."""

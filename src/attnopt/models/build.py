@@ -7,6 +7,7 @@ from torch import nn
 
 from attnopt.config import Config
 from attnopt.models import backbones
+from attnopt.models.backend import choose_backend
 from attnopt.models.base import Learner
 from attnopt.models.learner import Conv4Learner
 from attnopt.models.metalearner import AttentionMetaLearner, MetaLearner
@@ -23,6 +24,15 @@ class FewShotModel(nn.Module):
         super().__init__()
         self.learner = learner
         self.metalearner = metalearner
+
+    def place(self, device: torch.device | str) -> FewShotModel:
+        """Move the model to ``device`` and take the fast paths chosen for it
+        (:func:`attnopt.models.backend.choose_backend`). Returns the model."""
+        self.to(device)
+        backend = choose_backend(device)
+        self.learner.use_backend(backend)
+        self.metalearner.use_backend(backend)
+        return self
 
     def param_groups(
         self, lr: float, attn_lr_scale: float, init_lr_scale: float = 1.0
@@ -74,8 +84,11 @@ def build_learner(config: Config, in_channels: int) -> Learner:
     )  # fmt: skip
 
 
-def build_model(config: Config, in_channels: int) -> FewShotModel:
-    """The model that ``config`` describes, freshly initialised (global torch RNG).
+def build_model(
+    config: Config, in_channels: int, device: torch.device | str = "cpu"
+) -> FewShotModel:
+    """The model that ``config`` describes, freshly initialised (global torch RNG, on the
+    CPU: the same numbers for every device), placed on ``device`` (:meth:`FewShotModel.place`).
 
     ``--attention``: none = Ravi & Larochelle; meta = attention-LSTM meta-learner;
     learner = cross-attention learner; both = MLAL. The meta-learner's LSTM runs over the
@@ -97,4 +110,4 @@ def build_model(config: Config, in_channels: int) -> FewShotModel:
             init_theta, config.input_size, config.hidden_size, adapted=learner.num_adapted
         )
     metalearner.grad_scale, metalearner.feeds = config.inner_grad_scale, config.attn_feeds
-    return FewShotModel(learner, metalearner)
+    return FewShotModel(learner, metalearner).place(device)

@@ -6,7 +6,8 @@ here has to be differentiable. ``torch.func.grad`` records every view, reshape a
 θ and replays them backwards; here each block saves what its backward kernel needs and the
 gradient is written straight into the slices of one (B, P) tensor. The kernels are those
 autograd would call (convolution, batch-norm, max-pool and ReLU backward), so the result is
-the same, bit for bit (tests/unit/test_learner.py). MLAL's cross-attention (a few small tensors
+the same, bit for bit (tests/unit/test_backend.py). Taken where the model's backend says
+so (:mod:`attnopt.models.backend`). MLAL's cross-attention (a few small tensors
 after one block) keeps autograd, on its own small graph.
 """
 

@@ -13,11 +13,14 @@ The learner contract itself (stages, partial adaptation, the cross-attention) is
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attnopt.models import inner_grad
+from attnopt.models.backend import Backend
 from attnopt.models.base import HEAD, Learner, ParamSpec, linear_head
 from attnopt.models.grouped import GroupedLearner, ungroup
 
@@ -84,6 +87,13 @@ class Conv4Learner(GroupedLearner):
         """PyTorch's default initialisation of the equivalent ``nn.Module``s (global RNG)."""
         return nn.utils.parameters_to_vector(reference_module(self).parameters()).detach()
 
+    def use_backend(self, backend: Backend) -> None:
+        """:meth:`Learner.use_backend`; the written-out inner step covers ``--adapt all``
+        without ``--amp`` only (bf16 autocast and partial adaptation take ``torch.func``)."""
+        covered = self.adapt == "all" and self.amp_dtype is None
+        kernels = backend.inner_step_by_kernels and covered
+        self.backend = dataclasses.replace(backend, inner_step_by_kernels=kernels)
+
     def loss_and_grad(
         self,
         theta: torch.Tensor,
@@ -92,18 +102,9 @@ class Conv4Learner(GroupedLearner):
         frozen: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`Learner.loss_and_grad`. With ``--adapt all`` in fp32 or fp64 on the CPU the
-        step runs written out (:mod:`attnopt.models.inner_grad`: the kernels autograd would
-        call, without its graph; the same result bit for bit, 15-25% faster); bf16 autocast,
-        torch.compile's tracing, GPUs and partial adaptation take ``torch.func.grad``."""
-        written_out = (
-            frozen is None
-            and self.amp_dtype is None
-            and theta.device.type == "cpu"
-            and theta.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()
-        )
-        if written_out:
+        """:meth:`Learner.loss_and_grad`, from the kernels themselves
+        (:mod:`attnopt.models.inner_grad`) when the backend says so."""
+        if self.backend.inner_step_by_kernels:
             return inner_grad.loss_and_grad(self, theta, x, y)
         return super().loss_and_grad(theta, x, y, frozen, features)
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from attnopt.models.backend import PLAIN, Backend
+
 PREPROCESS_P = 10.0
-CELL_COLUMNS = 4096  # coordinates per block of the LSTM cell when no graph is recorded
 
 
 def preprocess(v: torch.Tensor, p: float = PREPROCESS_P, dim: int = -1) -> torch.Tensor:
@@ -72,6 +73,7 @@ class MetaLearner(nn.Module):
     # "lstm" (the LSTM's recurrent state, hence the next steps) or "both". The plain model's
     # context is h_t itself, so for it all three are the same.
     feeds: str = "gates"
+    backend: Backend = PLAIN  # the fast paths it takes (:meth:`use_backend`)
 
     def __init__(
         self,
@@ -108,6 +110,10 @@ class MetaLearner(nn.Module):
             nn.init.uniform_(w, -0.01, 0.01)
         nn.init.uniform_(self.forget_bias, 4.0, 6.0)
         nn.init.uniform_(self.input_bias, -5.0, -4.0)
+
+    def use_backend(self, backend: Backend) -> None:
+        """Take ``backend``'s fast paths from now on (:mod:`attnopt.models.backend`)."""
+        self.backend = backend
 
     def initial_state(self, tasks: tuple[int, ...] = ()) -> MetaState:
         """Zero LSTM state and zero previous gates for ``tasks`` (() or (B,)) tasks: one row
@@ -170,16 +176,15 @@ class MetaLearner(nn.Module):
         inputs = torch.cat(
             (preprocess(grad, dim=-2), h, grad.new_ones(*lead, 1, grad.shape[-1])), -2
         )
-        if torch.is_grad_enabled() or grad.device.type != "cpu" or torch.compiler.is_compiling():
+        columns = self.backend.cell_columns
+        if columns is None or torch.is_grad_enabled():  # a graph to record: the whole cell
             return _cell_update(torch.matmul(weight, inputs), c, hidden)
-        # Nothing to record (evaluation) on the CPU: the same operations on column blocks,
-        # whose (4·hidden, CELL_COLUMNS) gates stay in the cache between the matrix product
-        # and the elementwise passes (the product alone ran 1.7x faster so). The same result
-        # up to the rounding of the product (BLAS may round a narrow last block differently;
-        # at glyph, CIFAR and mini-ImageNet sizes it was bit for bit the same)
+        # The same operations on column blocks (:class:`attnopt.models.backend.Backend`): the
+        # same result up to the rounding of the product (BLAS may round a narrow last block
+        # differently; at glyph, CIFAR and mini-ImageNet sizes it was bit for bit the same)
         h_next, c_next = torch.empty_like(h), torch.empty_like(c)
-        for at in range(0, grad.shape[-1], CELL_COLUMNS):
-            cols = slice(at, at + CELL_COLUMNS)
+        for at in range(0, grad.shape[-1], columns):
+            cols = slice(at, at + columns)
             h_next[..., cols], c_next[..., cols] = _cell_update(
                 torch.matmul(weight, inputs[..., cols]), c[..., cols], hidden
             )

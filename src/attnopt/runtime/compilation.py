@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import torch
 
 from attnopt.errors import UserError
+from attnopt.models.backend import PLAIN
 from attnopt.models.build import FewShotModel
 
 # the meta-learner's step, the learner's inner step, the learner's forward
@@ -49,9 +50,13 @@ def compile_model(model: FewShotModel, parts: Iterable[str] = PARTS) -> FewShotM
     """Replace the ``parts`` (names from :data:`PARTS`) of ``model`` by compiled versions.
 
     Only methods are wrapped, never parameters: ``state_dict`` and checkpoints are unchanged.
+    The compiled parts' owners take the plain paths (:data:`attnopt.models.backend.PLAIN`):
+    Inductor traces the equations as written and fuses them itself.
     """
     owners = {"step": model.metalearner, "loss_and_grad": model.learner, "forward": model.learner}
     for part in parts:
         owner = owners[part]
+        if part != "forward":  # the learner's forward has no fast path of its own
+            owner.use_backend(PLAIN)
         setattr(owner, part, torch.compile(getattr(owner, part)))
     return model

@@ -185,7 +185,7 @@ def evaluate(
 
 def load_trained(path: str, config: Config, in_channels: int, device: torch.device) -> FewShotModel:
     """The model stored in checkpoint ``path``, checked against ``config``."""
-    return model_from_checkpoint(load_checkpoint(path), config, in_channels, path).to(device)
+    return model_from_checkpoint(load_checkpoint(path), config, in_channels, path).place(device)
 
 
 def test_checkpoint(

@@ -340,7 +340,7 @@ def _start(
             init_from_pretrained(model, ckpt, config.init_head, source)
     else:
         model = model_from_checkpoint(ckpt, config, train_set.channels, source)
-    state = TrainingState(model.to(device), config, device, procs)
+    state = TrainingState(model.place(device), config, device, procs)
     if pretraining:  # GPUs may round the processes' pre-trainings apart: rank 0's is the run's
         distributed.broadcast_from_main(model.metalearner.c_init, procs)
     if config.resume:
