@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from attnopt.models.base import Learner
-from attnopt.models.support_norm import support_norm
+from attnopt.models.support_norm import support_batch_norm
 
 
 class GroupedLearner(Learner):
@@ -38,17 +38,7 @@ class GroupedLearner(Learner):
         """BatchNorm of (n, B·C, H, W) with weight, bias (B, C): per task and channel, over
         images and positions; the query images (after ``n_support``) with the support's
         statistics, or their own (``bn="transductive"``)."""
-        weight, bias = weight.flatten(), bias.flatten()
-        if n_support == x.shape[0]:
-            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.bn_eps)
-        if bn == "transductive":  # support and query each with their own statistics
-            return torch.cat(
-                [
-                    F.batch_norm(part, None, None, weight, bias, training=True, eps=self.bn_eps)
-                    for part in (x[:n_support], x[n_support:])
-                ]
-            )
-        return support_norm(x, weight, bias, n_support, self.bn_eps)
+        return support_batch_norm(x, weight.flatten(), bias.flatten(), self.bn_eps, n_support, bn)
 
     def _tokens(self, h: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
         n, channels, height, width = h.shape

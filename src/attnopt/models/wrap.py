@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from attnopt.errors import UserError
 from attnopt.models.base import HEAD, Learner, linear_head
+from attnopt.models.support_norm import support_batch_norm
 
 PROBE_SUPPORT, PROBE_QUERY = 4, 2  # images of the probe batch that checks the contract
 
@@ -48,35 +49,6 @@ class _Context:
 
     n_support: int = 0
     bn: str = "support"
-
-
-def support_batch_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float,
-    n_support: int,
-    bn: str = "support",
-) -> torch.Tensor:
-    """BatchNorm of one task's activations (n, C, ...): every image with the statistics of the
-    first ``n_support`` images (``bn="support"``), or support and query images each with
-    their own (``bn="transductive"``)."""
-    dims = [0, *range(2, x.dim())]
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-
-    def normalise(part: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(stats, dim=dims, unbiased=False)
-        out = (part - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
-        if weight is not None:
-            out = out * weight.view(shape)
-        return out if bias is None else out + bias.view(shape)
-
-    if n_support >= x.shape[0]:
-        return normalise(x, x)
-    if bn == "transductive":
-        support, query = x[:n_support], x[n_support:]
-        return torch.cat((normalise(support, support), normalise(query, query)))
-    return normalise(x, x[:n_support])
 
 
 class _SupportBatchNorm(nn.Module):
