@@ -38,15 +38,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from attnopt.api import train_config
 from attnopt.cli.commands import build_parser
-from attnopt.cli.compare import across_seeds, check_same_episodes, paired_difference
+from attnopt.cli.compare import check_same_episodes, paired_difference
 from attnopt.config import Config, flag
 from attnopt.errors import UserError
 from attnopt.runs.records import read_test_record
 
 Settings = tuple[tuple[str, str], ...]  # (name, value) pairs, sorted: a variant
+
+
+def across_seeds(per_seed: Sequence[float]) -> tuple[float, float, float]:
+    """Mean of the per-seed mean differences and its 95% t-interval over the seeds (NaN bounds
+    for one seed). Unlike a single run's paired CI, which holds only the test episodes' noise,
+    this treats the training seed as the unit, so it also holds what a seed changes."""
+    means = np.asarray(per_seed, dtype=float)
+    if len(means) < 2:
+        return float(means.mean()), float("nan"), float("nan")
+    if np.ptp(means) == 0:
+        return float(means[0]), float(means[0]), float(means[0])
+    low, high = stats.ttest_1samp(means, 0.0).confidence_interval(0.95)
+    return float(means.mean()), float(low), float(high)
 
 
 def parse_settings(words: Sequence[str]) -> Settings:
@@ -201,7 +215,7 @@ def summary(
     variant: Settings, baseline: Settings, shot: int, results: list[tuple[float, float, float]]
 ) -> str:
     """Over the seeds: the mean difference with its 95% CI over the seeds
-    (:func:`attnopt.cli.compare.across_seeds`), each seed's, and whether every seed's CI lies on
+    (:func:`across_seeds`), each seed's, and whether every seed's CI lies on
     the same side of 0."""
     means = [m for m, _, _ in results]
     above = all(low > 0 for _, low, _ in results)

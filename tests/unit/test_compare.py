@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ablation import across_seeds
 from conftest import error_line
 from scipy import stats
 
 from attnopt.cli.commands import main
-from attnopt.cli.compare import across_seeds, paired_difference
+from attnopt.cli.compare import paired_difference
 
 
 def test_the_paired_difference_is_the_mean_of_the_episode_differences() -> None:

@@ -49,19 +49,6 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
     return float(diff.mean()), float(low), float(high), float(test.pvalue)
 
 
-def across_seeds(per_seed: Sequence[float]) -> tuple[float, float, float]:
-    """Mean of the per-seed mean differences and its 95% t-interval over the seeds (NaN bounds
-    for one seed). Unlike a single run's paired CI, which holds only the test episodes' noise,
-    this treats the training seed as the unit, so it also holds what a seed changes."""
-    means = np.asarray(per_seed, dtype=float)
-    if len(means) < 2:
-        return float(means.mean()), float("nan"), float("nan")
-    if np.ptp(means) == 0:
-        return float(means[0]), float(means[0]), float(means[0])
-    low, high = stats.ttest_1samp(means, 0.0).confidence_interval(0.95)
-    return float(means.mean()), float(low), float(high)
-
-
 def compare(paths: Sequence[str | os.PathLike]) -> str:
     """The comparison of every record in ``paths`` against the first, as text."""
     if len(paths) < 2:

@@ -139,6 +139,6 @@ def remove_stale_temps(folder: Path) -> None:
 
     Call it only where no other process writes at the same time (a run's own folders).
     """
-    for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
-        if tmp.is_file():
+    for tmp in folder.iterdir():
+        if is_temp_file(tmp) and tmp.is_file():
             tmp.unlink(missing_ok=True)
