@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from attnopt.data.episodes import EpisodeSampler
 from attnopt.data.folder import load_folder_split
 from attnopt.data.imageset import ImageSet
+from attnopt.data.registry import DataOptions
 
 
 def synthetic_photo(rng: np.random.Generator, width: int = 500, height: int = 375) -> Image.Image:
@@ -79,11 +80,12 @@ def measure_decode(workdir: Path, n_images: int, workers: list[int], repeats: in
             cache = workdir / f"cache-{n_workers}-{r}"
             shutil.rmtree(cache, ignore_errors=True)  # fresh: every run builds the entry
             start = time.perf_counter()
-            imageset = load_folder_split(data, "train", 84, cache, n_workers=n_workers)
+            options = DataOptions(data, 84, cache, n_workers=n_workers)
+            imageset = load_folder_split(options, "train")
             rates.append(n_images / (time.perf_counter() - start))
             assert imageset.images.shape == (n_images, 84, 84, 3)
         start = time.perf_counter()
-        load_folder_split(data, "train", 84, cache, n_workers=n_workers)
+        load_folder_split(options, "train")
         reuse_ms = (time.perf_counter() - start) * 1e3
         for r in range(repeats):
             shutil.rmtree(workdir / f"cache-{n_workers}-{r}")

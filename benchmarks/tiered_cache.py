@@ -43,6 +43,7 @@ import json, resource, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
 from attnopt.data.episodes import EpisodeSampler
+from attnopt.data.registry import DataOptions
 from attnopt.data.tiered import load_tiered_split
 import numpy as np
 imported = time.perf_counter() - t0
@@ -59,7 +60,7 @@ def peak_rss():
 base = peak_rss()
 root, cache, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 start = time.perf_counter()
-imageset = load_tiered_split(root, "train", 84, cache, workers)
+imageset = load_tiered_split(DataOptions(root, 84, cache, workers), "train")
 loaded = time.perf_counter() - start
 episode = EpisodeSampler(imageset, 5, 5, 15, seed=0).episode(0)
 first = time.perf_counter() - start

@@ -16,19 +16,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from attnopt.data.registry import REGISTRY
 from attnopt.errors import UserError
 from attnopt.models import backbones
 
-DATA_SETS = (
-    "glyphs",
-    "miniimagenet",
-    "folder",
-    "tieredimagenet",
-    "cifarfs",
-    "fc100",
-    "omniglot",
-    "cub",
-)
+# The --data choices, their presets and which pre-train by default: one record each in the
+# data-set registry.
+DATA_SETS = tuple(data_set.name for data_set in REGISTRY)
 CROP_MODES = ("none", "bbox")
 BN_MODES = ("support", "transductive")
 BN_TRAIN_MODES = ("same", *BN_MODES)
@@ -451,26 +445,9 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-# Per data set, on top of the dataclass defaults (which are the built-in data set's quick
-# preset: it trains and tests in minutes on a laptop CPU): photo data sets take the seed's
-# mini-ImageNet settings.
-_PHOTO_PRESET: dict[str, Any] = {"image_size": 84, "episode": 50000, "val_freq": 1000}
-PRESETS: dict[str, dict[str, Any]] = {
-    "glyphs": {},
-    "miniimagenet": _PHOTO_PRESET,
-    # Your own images train without augmentation: on real drawings at 32x32 (emoji, 500
-    # episodes) --augment auto tested 5.9 and 8.6 points below none on two seeds, paired
-    # (benchmarks/README.md, issue 14).
-    "folder": {**_PHOTO_PRESET, "augment": "none"},
-    # The other benchmarks keep the seed's schedule; image sizes are their papers'
-    # (tieredImageNet and CUB 84, CIFAR-FS and FC100 32, Omniglot 28). Omniglot papers
-    # augment only with the rotations that are classes of their own.
-    "tieredimagenet": _PHOTO_PRESET,
-    "cub": _PHOTO_PRESET,
-    "cifarfs": {**_PHOTO_PRESET, "image_size": 32},
-    "fc100": {**_PHOTO_PRESET, "image_size": 32},
-    "omniglot": {**_PHOTO_PRESET, "image_size": 28, "augment": "none"},
-}
+# Per data set, on top of the dataclass defaults: the presets of the data-set registry
+# (attnopt.data.registry, where the measurements behind them are cited).
+PRESETS: dict[str, dict[str, Any]] = {data_set.name: data_set.preset for data_set in REGISTRY}
 
 
 # Pre-training augments whatever a data set's preset says for meta-training: on emoji 32x32
@@ -479,11 +456,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRETRAIN_DEFAULTS: dict[str, Any] = {"augment": "auto"}
 
 
-# `attnopt train --data folder` pre-trains first (--pretrain): on emoji drawings at 32x32 it
-# gained 4.8 to 5.7 points at 5- and 1-shot, for the time of 60 to 100 meta-training episodes
-# (benchmarks/README.md, issue 14). The benchmark data sets keep the published protocol, which
-# does not pre-train.
-PRETRAIN_BY_DEFAULT = ("folder",)
+# The data sets that `attnopt train` pre-trains on first (--pretrain), as the registry says.
+PRETRAIN_BY_DEFAULT = tuple(data_set.name for data_set in REGISTRY if data_set.pretrain)
 
 
 def _set_pretrain(values: dict[str, Any], given: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from attnopt.config import Config
 from attnopt.data import load_split
 from attnopt.data.folder import load_folder_split
 from attnopt.data.pickle_layout import read_pickle
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 FIRST_TRAIN_IMAGE = "ntrain00000000000.png"  # first image of class ntrain000
@@ -247,7 +248,8 @@ class TestMixedImageModes:
         base.convert("CMYK").save(folder / "cmyk.jpg")
         base.convert("CMYK").save(folder / "cmyk.tif")
         Image.fromarray(np.full((20, 20), 0x8000, np.uint16)).save(folder / "gray16.png")
-        imageset = load_folder_split(tmp_path / "mixed", "train", 20, tmp_path / "cache")
+        options = DataOptions(tmp_path / "mixed", 20, tmp_path / "cache")
+        imageset = load_folder_split(options, "train")
         assert imageset.images.shape == (9, 20, 20, 3)
         names = sorted(p.name for p in folder.iterdir())
         pixels = dict(zip(names, imageset.images, strict=True))

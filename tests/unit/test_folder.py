@@ -7,11 +7,12 @@ from conftest import write_image
 from PIL import Image
 
 from attnopt.data.folder import load_folder_split
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 
 def load(root: Path, cache: Path, split: str = "train", size: int = 16):
-    return load_folder_split(root, split, size, cache, n_workers=2)
+    return load_folder_split(DataOptions(root, size, cache, n_workers=2), split)
 
 
 def test_folder_split_has_the_right_classes_counts_and_shapes(

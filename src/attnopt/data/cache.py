@@ -42,18 +42,16 @@ Built = (
 )
 
 
-def default_cache_dir() -> Path:
-    """``$ATTNOPT_CACHE``, else ``$XDG_CACHE_HOME/attnopt``, else ``~/.cache/attnopt``."""
-    if os.environ.get("ATTNOPT_CACHE"):
-        return Path(os.environ["ATTNOPT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "attnopt"
-
-
 def key_digest(key: dict[str, Any]) -> str:
     """A short stable hash of a JSON-able key."""
     blob = json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def split_key(layout: str, root: Path, split: str, content: str, **fields: Any) -> dict[str, Any]:
+    """The cache key of one split of the data set in ``root``: its layout, root and split, the
+    ``fields`` particular to the loader, and ``content``, a signature of the files it reads."""
+    return {"layout": layout, "root": str(root), "split": split, **fields, "content": content}
 
 
 def _load(entry: Path, source: str) -> ImageSet | None:

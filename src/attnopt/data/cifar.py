@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from attnopt.data.cache import cached_imageset
+from attnopt.data.cache import cached_imageset, split_key
 from attnopt.data.cifar_splits import CIFAR_FS, FC100, FINE_NAMES
 from attnopt.data.decode import content_signature, resize_images
 from attnopt.data.imageset import ImageSet
 from attnopt.data.layouts import Layout, pick_layout
 from attnopt.data.pickle_layout import as_text, read_pickle, require_keys, text_keys
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -69,27 +70,14 @@ CIFAR_FS_SPLIT = CifarSplit("CIFAR-FS", "CIFAR_FS", CIFAR_FS)
 FC100_SPLIT = CifarSplit("FC100", "FC100", FC100)
 
 
-def load_cifar_split(
-    dataset: CifarSplit,
-    root: Path,
-    split: str,
-    image_size: int,
-    cache_dir: Path,
-    n_workers: int = 4,
-) -> ImageSet:
-    """One split of CIFAR-FS or FC100 (``dataset``) in whichever layout ``root`` holds, resized
-    to ``image_size`` and cached."""
-    root = Path(root).expanduser().resolve()
+def load_cifar_split(dataset: CifarSplit, options: DataOptions, split: str) -> ImageSet:
+    """One split of CIFAR-FS or FC100 (``dataset``) in whichever layout ``--data-root`` holds,
+    resized to ``--image-size`` and cached."""
+    root, image_size = options.data_root().resolve(), options.image_size
     layout = pick_layout(root, dataset.layouts, dataset.name)
     files = list(dataset.layouts[layout].needs(root, split))
-    key = {
-        "layout": layout,
-        "dataset": dataset.name,
-        "root": str(root),
-        "split": split,
-        "image_size": image_size,
-        "content": content_signature(files, root),
-    }
+    content = content_signature(files, root)
+    key = split_key(layout, root, split, content, dataset=dataset.name, image_size=image_size)
     source = str(files[0] if layout == "split pickles" else root / ARCHIVE)
 
     def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -109,11 +97,21 @@ def load_cifar_split(
             )
         rows = np.argsort(fine, kind="stable")  # label order is name order
         labels = np.searchsorted(present, fine[rows])
-        resized = resize_images(images[rows], image_size, n_workers, f"resizing {source}")
+        resized = resize_images(images[rows], image_size, options.n_workers, f"resizing {source}")
         return resized, labels, [FINE_NAMES[c] for c in present]
 
     name = f"{dataset.prefix.lower()}-{split}"
-    return cached_imageset(cache_dir, name, key, build, source)
+    return cached_imageset(options.cache_dir, name, key, build, source)
+
+
+def load_cifar_fs_split(options: DataOptions, split: str) -> ImageSet:
+    """``--data cifarfs``: one split of CIFAR-FS."""
+    return load_cifar_split(CIFAR_FS_SPLIT, options, split)
+
+
+def load_fc100_split(options: DataOptions, split: str) -> ImageSet:
+    """``--data fc100``: one split of FC100."""
+    return load_cifar_split(FC100_SPLIT, options, split)
 
 
 def _read_split_pickle(

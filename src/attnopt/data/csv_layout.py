@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from attnopt.data.cache import split_key
 from attnopt.data.decode import cached_decode, content_signature
 from attnopt.data.imageset import ImageSet
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 COLUMNS = ("filename", "label")
@@ -69,31 +71,18 @@ def _read_rows(csv_path: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
-def load_csv_split(
-    root: Path,
-    split: str,
-    image_size: int,
-    cache_dir: Path,
-    n_workers: int = 4,
-    skip_bad: bool = False,
-) -> ImageSet:
+def load_csv_split(options: DataOptions, split: str) -> ImageSet:
     """One split of a split-CSV data set, decoded once to RGB and cached.
 
-    With ``skip_bad`` unreadable images are left out (and logged) instead of being an error.
+    With ``--skip-bad-images`` unreadable images are left out (and logged) instead of being an
+    error.
     """
-    root = Path(root).expanduser().resolve()
+    root = options.data_root().resolve()
     csv_path, image_dir = root / f"{split}.csv", root / "images"
     if not csv_path.is_file():
         raise UserError(f"missing split file {csv_path}; expected {root}/{{train,val,test}}.csv")
     if not image_dir.is_dir():
         raise UserError(f"missing image folder {image_dir} for the split files in {root}")
     paths, labels, class_names = list_csv_split(csv_path, image_dir)
-    key = {
-        "layout": "csv",
-        "root": str(root),
-        "split": split,
-        "content": content_signature([csv_path, *paths], root),
-    }
-    return cached_decode(
-        paths, labels, class_names, key, cache_dir, str(csv_path), image_size, n_workers, skip_bad
-    )
+    key = split_key("csv", root, split, content_signature([csv_path, *paths], root))
+    return cached_decode(paths, labels, class_names, key, options, str(csv_path))

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attnopt.data.cache import split_key
 from attnopt.data.decode import Box, cached_decode, content_signature, is_image_file
 from attnopt.data.imageset import ImageSet
 from attnopt.data.layouts import Layout, pick_layout
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 RELEASE = "CUB_200_2011"
@@ -128,18 +130,10 @@ def _table(path: Path, width: int, expected: str) -> dict[str, list[str]]:
     return table
 
 
-def load_cub_split(
-    root: Path,
-    split: str,
-    image_size: int,
-    cache_dir: Path,
-    n_workers: int = 4,
-    skip_bad: bool = False,
-    crop: str = "none",
-) -> ImageSet:
+def load_cub_split(options: DataOptions, split: str) -> ImageSet:
     """One split of CUB-200-2011, decoded once to RGB (cropped to the birds with
-    ``crop="bbox"``) and cached."""
-    root = Path(root).expanduser().resolve()
+    ``--crop bbox``) and cached."""
+    root, crop = options.data_root().resolve(), options.crop
     folder = release_folder(root)
     paths, labels, class_names = list_cub_split(folder, split)
     files = list(paths)
@@ -147,14 +141,6 @@ def load_cub_split(
     if crop == "bbox":
         boxes = read_boxes(folder, paths)
         files += [folder / "images.txt", folder / "bounding_boxes.txt"]
-    key = {
-        "layout": "cub",
-        "root": str(root),
-        "split": split,
-        "crop": crop,
-        "content": content_signature(files, root),
-    }
+    key = split_key("cub", root, split, content_signature(files, root), crop=crop)
     source = f"{folder / 'images'} ({split} classes)"
-    return cached_decode(
-        paths, labels, class_names, key, cache_dir, source, image_size, n_workers, skip_bad, boxes
-    )
+    return cached_decode(paths, labels, class_names, key, options, source, boxes)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from attnopt.data.cache import ImageWriter, cached_stream, key_digest
 from attnopt.data.imageset import ImageSet
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -278,22 +279,21 @@ def cached_decode(
     labels: np.ndarray,
     class_names: Sequence[str],
     key: dict[str, Any],
-    cache_dir: Path,
+    options: DataOptions,
     source: str,
-    image_size: int,
-    n_workers: int = 4,
-    skip_bad: bool = False,
     boxes: Sequence[Box] | None = None,
 ) -> ImageSet:
-    """The ImageSet of image files ``paths`` (labels ``labels``), decoded once to RGB and cached.
+    """The ImageSet of image files ``paths`` (labels ``labels``), decoded once to RGB at
+    ``options.image_size`` and cached in ``options.cache_dir``.
 
     ``key`` names the source and its content (see :func:`content_signature`) and holds its
     "layout" and "split", which also name the cache entry; ``source`` is the path named in
     messages. ``boxes`` (one per path) crops each image before it is resized. The images are
-    written to the cache as they are decoded, never all held in memory. With ``skip_bad``
-    unreadable files are left out and logged; without it they are a UserError, also when an
-    earlier run cached the set without them.
+    written to the cache as they are decoded, never all held in memory. With
+    ``options.skip_bad_images`` unreadable files are left out and logged; without it they are
+    a UserError, also when an earlier run cached the set without them.
     """
+    image_size, skip_bad = options.image_size, options.skip_bad_images
 
     def decode_one(i: int) -> np.ndarray:
         return decode_image(paths[i], image_size, "RGB", None if boxes is None else boxes[i])
@@ -304,7 +304,7 @@ def cached_decode(
             range(len(paths)),
             decode_one,
             (image_size, image_size, 3),
-            n_workers,
+            options.n_workers,
             f"decoding {source}",
             skip_bad,
         )
@@ -312,7 +312,8 @@ def cached_decode(
         return labels[kept], list(class_names), [str(paths[i]) for i in dropped]
 
     name = f"{key['layout']}-{key['split']}"
-    imageset = cached_stream(cache_dir, name, {**key, "image_size": image_size}, build_into, source)
+    key = {**key, "image_size": image_size}
+    imageset = cached_stream(options.cache_dir, name, key, build_into, source)
     return check_skipped(imageset, skip_bad)
 
 

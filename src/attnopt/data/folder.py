@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attnopt.data.cache import split_key
 from attnopt.data.decode import cached_decode, content_signature, is_image_file
 from attnopt.data.imageset import ImageSet
+from attnopt.data.layouts import SPLITS
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 
@@ -32,27 +35,26 @@ def list_folder_split(split_dir: Path) -> tuple[list[Path], np.ndarray, list[str
     return paths, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
 
 
-def load_folder_split(
-    root: Path,
-    split: str,
-    image_size: int,
-    cache_dir: Path,
-    n_workers: int = 4,
-    skip_bad: bool = False,
-) -> ImageSet:
+def load_folder_split(options: DataOptions, split: str) -> ImageSet:
     """One split of a folder-layout data set, decoded once to RGB and cached.
 
-    With ``skip_bad`` unreadable images are left out (and logged) instead of being an error.
+    With ``--skip-bad-images`` unreadable images are left out (and logged) instead of being an
+    error.
     """
-    root = Path(root).expanduser().resolve()
+    root = options.data_root().resolve()
     split_dir = root / split
     paths, labels, class_names = list_folder_split(split_dir)
-    key = {
-        "layout": "folder",
-        "root": str(root),
-        "split": split,
-        "content": content_signature(paths, root),
-    }
-    return cached_decode(
-        paths, labels, class_names, key, cache_dir, str(split_dir), image_size, n_workers, skip_bad
-    )
+    key = split_key("folder", root, split, content_signature(paths, root))
+    return cached_decode(paths, labels, class_names, key, options, str(split_dir))
+
+
+def load_folder_data(options: DataOptions, split: str) -> ImageSet:
+    """``--data folder``: one split, after checking that the folders of all three are there."""
+    root = options.data_root()
+    for name in SPLITS:  # fail before spending minutes decoding another split
+        if not (root / name).is_dir():
+            raise UserError(
+                f"missing split folder {root / name}; expected "
+                f"{root}/{{train,val,test}}/<class>/<image>"
+            )
+    return load_folder_split(options, split)

@@ -47,8 +47,9 @@ import numpy as np
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
 
-from attnopt.data.cache import cached_imageset, default_cache_dir
+from attnopt.data.cache import cached_imageset
 from attnopt.data.imageset import ImageSet
+from attnopt.data.registry import DataOptions, default_cache_dir
 
 GLYPH_SPLITS = ("train", "val", "test")
 
@@ -125,7 +126,7 @@ def load_glyphs(
 ) -> ImageSet:
     """One split of the glyphs data set, generated on first use and cached.
 
-    ``cache_dir=None`` means :func:`attnopt.data.cache.default_cache_dir`. The same
+    ``cache_dir=None`` means :func:`attnopt.data.registry.default_cache_dir`. The same
     (split, image_size, seed) always gives the same bytes.
     """
     if split not in GLYPH_SPLITS:
@@ -152,6 +153,11 @@ def load_glyphs(
         lambda: _build(split, image_size, seed),
         f"glyphs ({split})",
     )
+
+
+def load_glyphs_split(options: DataOptions, split: str) -> ImageSet:
+    """``--data glyphs``: one split at ``--image-size``, seed 0."""
+    return load_glyphs(split, options.image_size, options.cache_dir)
 
 
 def _font_paths() -> list[Path]:

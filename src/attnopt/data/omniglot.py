@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from attnopt.data.cache import cached_imageset
+from attnopt.data.cache import cached_imageset, split_key
 from attnopt.data.decode import content_signature, decode_images, is_image_file
 from attnopt.data.imageset import ImageSet
 from attnopt.data.layouts import Layout, pick_layout
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -102,26 +103,19 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def load_omniglot_split(
-    root: Path, split: str, image_size: int, cache_dir: Path, n_workers: int = 4
-) -> ImageSet:
+def load_omniglot_split(options: DataOptions, split: str) -> ImageSet:
     """One split of Omniglot with its rotations, decoded once to white-on-black grayscale and
     cached: uint8 (N, image_size, image_size, 1)."""
-    root = Path(root).expanduser().resolve()
+    root, image_size = options.data_root().resolve(), options.image_size
     pick_layout(root, LAYOUTS, "Omniglot")
     characters = list_characters(root, split)
     paths = [p for _, images in characters for p in images]
-    key = {
-        "layout": "omniglot",
-        "root": str(root),
-        "split": split,
-        "image_size": image_size,
-        "rotations": ROTATIONS,
-        "content": content_signature(paths, root),
-    }
+    content = content_signature(paths, root)
+    key = split_key("omniglot", root, split, content, image_size=image_size, rotations=ROTATIONS)
 
     def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
-        drawn, _ = decode_images(paths, image_size, n_workers, f"decoding Omniglot {split}", "L")
+        desc = f"decoding Omniglot {split}"
+        drawn, _ = decode_images(paths, image_size, options.n_workers, desc, "L")
         drawn = 255 - drawn  # white strokes on black
         counts = [len(images) for _, images in characters]
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -134,4 +128,5 @@ def load_omniglot_split(
         log.info("Omniglot %s: %d characters, %d classes", split, len(characters), len(names))
         return np.concatenate(blocks), np.asarray(labels, dtype=np.int64), names
 
-    return cached_imageset(cache_dir, f"omniglot-{split}", key, build, f"{root} (Omniglot {split})")
+    source = f"{root} (Omniglot {split})"
+    return cached_imageset(options.cache_dir, f"omniglot-{split}", key, build, source)

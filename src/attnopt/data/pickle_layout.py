@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from attnopt.data.cache import cached_imageset, key_digest
+from attnopt.data.cache import cached_imageset, key_digest, split_key
 from attnopt.data.decode import resize_images
 from attnopt.data.imageset import ImageSet
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 try:  # numpy >= 2
@@ -161,30 +162,23 @@ def pickle_path(root: Path, split: str) -> Path | None:
     return None
 
 
-def load_pickle_split(
-    root: Path, split: str, image_size: int, cache_dir: Path, n_workers: int = 4
-) -> ImageSet:
-    """One split of a pickle-cache data set, resized to ``image_size`` and cached."""
-    root = Path(root).expanduser().resolve()
+def load_pickle_split(options: DataOptions, split: str) -> ImageSet:
+    """One split of a pickle-cache data set, resized to ``--image-size`` and cached."""
+    root, image_size = options.data_root().resolve(), options.image_size
     path = pickle_path(root, split)
     if path is None:
         names = " or ".join(f"mini-imagenet-cache-{n}.pkl" for n in SPLIT_NAMES[split])
         raise UserError(f"missing split file {root}/{names}")
     st = path.stat()
-    key = {
-        "layout": "pickle",
-        "root": str(root),
-        "split": split,
-        "image_size": image_size,
-        "content": key_digest({"file": path.name, "size": st.st_size, "mtime": st.st_mtime_ns}),
-    }
+    content = key_digest({"file": path.name, "size": st.st_size, "mtime": st.st_mtime_ns})
+    key = split_key("pickle", root, split, content, image_size=image_size)
 
     def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
         images, classes = parse_cache(read_pickle(path), path)
         names = sorted(classes)
         rows = np.concatenate([classes[n] for n in names])
         labels = np.repeat(np.arange(len(names)), [len(classes[n]) for n in names])
-        resized = resize_images(images[rows], image_size, n_workers, desc=f"resizing {path}")
+        resized = resize_images(images[rows], image_size, options.n_workers, f"resizing {path}")
         return resized, labels, names
 
-    return cached_imageset(cache_dir, f"pickle-{split}", key, build, source=str(path))
+    return cached_imageset(options.cache_dir, f"pickle-{split}", key, build, source=str(path))

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from attnopt.data.cache import cached_stream
+from attnopt.data.cache import cached_stream, split_key
 from attnopt.data.decode import check_skipped, content_signature, decode_bytes, write_decoded
 from attnopt.data.folder import load_folder_split
 from attnopt.data.imageset import ImageSet
 from attnopt.data.layouts import Layout, pick_layout
 from attnopt.data.pickle_layout import as_text, read_pickle, require_keys, text_keys
+from attnopt.data.registry import DataOptions
 from attnopt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -50,27 +51,16 @@ LABELS_EXPECTED = (
 )
 
 
-def load_tiered_split(
-    root: Path,
-    split: str,
-    image_size: int,
-    cache_dir: Path,
-    n_workers: int = 4,
-    skip_bad: bool = False,
-) -> ImageSet:
-    """One split of tieredImageNet in whichever layout ``root`` holds, decoded once and cached."""
-    root = Path(root).expanduser().resolve()
+def load_tiered_split(options: DataOptions, split: str) -> ImageSet:
+    """One split of tieredImageNet in whichever layout ``--data-root`` holds, decoded once and
+    cached."""
+    root = options.data_root().resolve()
     if pick_layout(root, LAYOUTS, "tieredImageNet") == "folders":
-        return load_folder_split(root, split, image_size, cache_dir, n_workers, skip_bad)
+        return load_folder_split(options, split)
+    image_size, skip_bad = options.image_size, options.skip_bad_images
     images_path, labels_path = LAYOUTS["pickles"].needs(root, split)
-    files = [images_path, labels_path]
-    key = {
-        "layout": "tiered-pickle",
-        "root": str(root),
-        "split": split,
-        "image_size": image_size,
-        "content": content_signature(files, root),
-    }
+    content = content_signature([images_path, labels_path], root)
+    key = split_key("tiered-pickle", root, split, content, image_size=image_size)
 
     def build_into(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
         labels, names = parse_labels(read_pickle(labels_path, LABELS_EXPECTED), labels_path)
@@ -93,7 +83,7 @@ def load_tiered_split(
             rows,
             decode_one,
             (image_size, image_size, 3),
-            n_workers,
+            options.n_workers,
             f"decoding {images_path}",
             skip_bad,
         )
@@ -104,7 +94,9 @@ def load_tiered_split(
             [f"{images_path}[{row}]" for row in dropped],
         )
 
-    imageset = cached_stream(cache_dir, f"tiered-{split}", key, build_into, str(images_path))
+    imageset = cached_stream(
+        options.cache_dir, f"tiered-{split}", key, build_into, str(images_path)
+    )
     return check_skipped(imageset, skip_bad)
 
 
