@@ -3,6 +3,7 @@ Omniglot and CUB-200-2011, on tiny copies of every layout."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -20,15 +21,17 @@ from benchmark_layouts import (
     write_omniglot,
     write_tiered_pickles,
 )
-from conftest import write_folder_layout
+from conftest import make_photos, write_folder_layout
 from PIL import Image
 
-from attnopt.config import PRESETS, Config, resolve
+from attnopt.cli.commands import build_parser
+from attnopt.config import DATA_SETS, PRESETS, PRETRAIN_BY_DEFAULT, Config, resolve
 from attnopt.data import decode, load_split
 from attnopt.data.cache import ImageWriter
 from attnopt.data.cifar_splits import CIFAR_FS, FC100, FC100_SUPERCLASSES, FINE_NAMES, SUPERCLASSES
 from attnopt.data.cub import class_split
 from attnopt.data.omniglot import SPLIT_OF_ALPHABET, character_split
+from attnopt.data.registry import REGISTRY
 from attnopt.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -358,6 +361,59 @@ class TestPresets:
             resolve({"data": "cifarfs", "data_root": "x", "crop": "bbox"})
         with pytest.raises(UserError, match=r"--crop 'box'"):
             resolve({"data": "cub", "data_root": "x", "crop": "box"})
+
+
+def data_choices(parser: argparse.ArgumentParser) -> list[tuple[str, ...]]:
+    """The choices of every ``--data`` flag of ``parser`` and its commands."""
+    found = []
+    for action in parser._actions:
+        if action.dest == "data":
+            found.append(tuple(action.choices))
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                found += data_choices(command)
+    return found
+
+
+class TestRegistry:
+    @pytest.fixture
+    def roots(self, tiered_set, cifar_set, omniglot_root, cub_root, tmp_path) -> dict:
+        """A tiny copy of every data set in the registry (None: built in)."""
+        folders = write_folder_layout(tmp_path / "mini", make_photos(classes=3, per_class=4))
+        return {
+            "glyphs": None,
+            "miniimagenet": folders,
+            "folder": folders,
+            "tieredimagenet": tiered_set[1]["protocol 3, bytes"],
+            "cifarfs": cifar_set[1],
+            "fc100": cifar_set[1],
+            "omniglot": omniglot_root,
+            "cub": cub_root,
+        }
+
+    def test_the_config_reads_names_presets_and_pretraining_from_the_registry(self) -> None:
+        assert DATA_SETS == tuple(data_set.name for data_set in REGISTRY)
+        assert DATA_SETS == (
+            "glyphs", "miniimagenet", "folder", "tieredimagenet", "cifarfs", "fc100",
+            "omniglot", "cub",
+        )  # fmt: skip
+        assert PRESETS == {data_set.name: data_set.preset for data_set in REGISTRY}
+        assert PRETRAIN_BY_DEFAULT == ("folder",)
+
+    @pytest.mark.parametrize("name", DATA_SETS)
+    def test_every_data_set_loads_its_three_splits(self, name, roots, small_glyphs) -> None:
+        root = roots[name]  # a data set added to the registry needs a tiny copy here
+        for split in SPLITS:
+            config = Config(data=name, data_root=root and str(root), image_size=32, n_workers=2)
+            imageset = load_split(config, split)
+            assert imageset.image_size == 32 and len(imageset.class_names) > 0
+
+    def test_the_command_line_offers_exactly_the_registry(self) -> None:
+        parser = build_parser()
+        assert set(data_choices(parser)) == {DATA_SETS}
+        train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        text = train.choices["train"].format_help()
+        assert f"--data {{{','.join(DATA_SETS)}}}" in text
 
 
 class TestImageWriter:
