@@ -4,8 +4,6 @@ class folders, split CSVs or pickle caches (see :mod:`attnopt.data.folder`,
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from attnopt.data.csv_layout import load_csv_split
 from attnopt.data.folder import load_folder_split
 from attnopt.data.imageset import ImageSet
@@ -32,11 +30,6 @@ LOADERS = {
 }
 
 
-def detect_layout(root: Path) -> str:
-    """The mini-ImageNet layout of ``root`` (a key of :data:`LAYOUTS`)."""
-    return pick_layout(root, LAYOUTS, "mini-ImageNet")
-
-
 def load_miniimagenet_split(options: DataOptions, split: str) -> ImageSet:
     """One split of mini-ImageNet in whichever layout ``--data-root`` holds."""
-    return LOADERS[detect_layout(options.data_root())](options, split)
+    return LOADERS[pick_layout(options.data_root(), LAYOUTS, "mini-ImageNet")](options, split)
