@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from attnopt.data.cache import split_key
-from attnopt.data.decode import Box, cached_decode, content_signature, is_image_file
+from attnopt.data.decode import Box, cached_decode, content_signature
+from attnopt.data.folder import class_images
 from attnopt.data.imageset import ImageSet
 from attnopt.data.layouts import Layout, pick_layout
 from attnopt.data.registry import DataOptions
@@ -67,13 +68,8 @@ def list_cub_split(folder: Path, split: str) -> tuple[list[Path], np.ndarray, li
     chosen = sorted((c, d) for c, d in classes if class_split(c) == split)
     if not chosen:
         raise UserError(f"{images} holds no class of the {split} split (ids by Chen et al. 2019)")
-    paths: list[Path] = []
-    labels: list[int] = []
-    for label, (_, class_dir) in enumerate(chosen):
-        files = sorted(f for f in class_dir.iterdir() if f.is_file() and is_image_file(f))
-        paths += files
-        labels += [label] * len(files)
-    return paths, np.asarray(labels, dtype=np.int64), [d.name for _, d in chosen]
+    paths, labels = class_images([d for _, d in chosen])
+    return paths, labels, [d.name for _, d in chosen]
 
 
 def read_boxes(folder: Path, paths: list[Path]) -> list[Box]:

@@ -26,13 +26,20 @@ def list_folder_split(split_dir: Path) -> tuple[list[Path], np.ndarray, list[str
         raise UserError(
             f"{split_dir} has no class sub-folders; expected {split_dir}/<class>/<image>"
         )
+    paths, labels = class_images(class_dirs)
+    return paths, labels, [d.name for d in class_dirs]
+
+
+def class_images(class_dirs: list[Path]) -> tuple[list[Path], np.ndarray]:
+    """The image files of each class folder, sorted by name, and their labels (the folder's
+    index in ``class_dirs``)."""
     paths: list[Path] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(f for f in class_dir.iterdir() if f.is_file() and is_image_file(f))
         paths += files
         labels += [label] * len(files)
-    return paths, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
+    return paths, np.asarray(labels, dtype=np.int64)
 
 
 def load_folder_split(options: DataOptions, split: str) -> ImageSet:
