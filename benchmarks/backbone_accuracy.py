@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from attnopt.api import train
-from attnopt.config import resolve
+from attnopt.config import Saved, resolve
 from attnopt.errors import Interrupted
 from attnopt.runs import records
 from attnopt.training.checkpoint import load_checkpoint
@@ -37,7 +37,8 @@ def test_and_record(checkpoint: str, run_dir: Path, episodes: int):
     """``attnopt test --resume CHECKPOINT --episode-test EPISODES --cpu``: the result, and its
     record in RUN_DIR/evals for ``attnopt compare``."""
     ckpt = load_checkpoint(checkpoint)
-    config = resolve({"episode_test": episodes, "cpu": True}, base=ckpt["config"])
+    flags = {"episode_test": episodes, "cpu": True}
+    config = resolve(flags, command="test", saved=Saved(ckpt["config"]))
     result = test_checkpoint(checkpoint, config, torch.device("cpu"))
     record = run_dir / "evals" / f"{records.eval_name(checkpoint, config)}.json"
     record.parent.mkdir(parents=True, exist_ok=True)

@@ -26,15 +26,14 @@ import torch
 from PIL import Image
 
 from attnopt.adapt import adapt, query_logits
-from attnopt.config import Config, init_config, resolve, resume_config
+from attnopt.config import Config, Saved, resolve
 from attnopt.data.decode import decode_image, image_to_array
 from attnopt.data.episodes import standardize, to_unit
 from attnopt.errors import UserError
 from attnopt.models.base import Learner
 from attnopt.models.build import FewShotModel, build_model
-from attnopt.runs.folder import run_dir_of
 from attnopt.runtime.device import select_device
-from attnopt.training.checkpoint import PRETRAINED, load_checkpoint, refuse_pretrained
+from attnopt.training.checkpoint import as_saved, load_checkpoint, refuse_pretrained
 from attnopt.training.evaluation import EvalResult, load_trained, test_checkpoint
 from attnopt.training.pipeline import TrainResult, train_and_test
 
@@ -49,31 +48,21 @@ QUERY_CHUNK = 256  # query images per forward pass (bounds memory; results do no
 def make_config(config: Config | None = None, **flags: Any) -> Config:
     """A validated Config from command-line flags as keywords (``n_shot=1``, ``data="folder"``,
     ``data_root="..."``), on top of ``config`` or, without it, the data set's preset."""
-    return resolve(flags, base=config)
-
-
-def _given(flags: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flags.items() if v is not None}
+    if config is None:
+        return resolve(flags)
+    return resolve(flags, command="test", saved=Saved(config))
 
 
 def train_config(flags: dict[str, Any]) -> Config:
-    """The Config of ``attnopt train`` with these flags: a new run; with ``resume`` the
-    checkpoint's run continued (its settings, in its folder unless ``save`` is given); with
-    ``init`` a new run from the checkpoint's weights (from a pre-trained feature extractor:
-    the data set's preset at the pre-training's image size and width, and the flags)."""
+    """The Config of ``attnopt train`` with these flags (:func:`attnopt.config.resolve`), with
+    the checkpoint named by ``resume`` or ``init`` loaded."""
+    path = flags.get("resume") or flags.get("init")
+    if not path:
+        return resolve(flags)
+    ckpt = load_checkpoint(path)
     if flags.get("resume"):
-        path = flags["resume"]
-        ckpt = load_checkpoint(path)
         refuse_pretrained(ckpt, path)
-        return resume_config(flags, ckpt["config"], str(path), str(run_dir_of(path)))
-    if flags.get("init"):
-        ckpt = load_checkpoint(flags["init"])
-        if ckpt["kind"] == PRETRAINED:  # features only: the pre-training's Conv-4 and images
-            saved = ckpt["config"]
-            start = {"image_size": saved.image_size, "width": saved.width}
-            return resolve({**start, **_given(flags)})
-        return init_config(flags, ckpt["config"])
-    return resolve(flags)
+    return resolve(flags, saved=as_saved(ckpt, path))
 
 
 def train(
@@ -98,7 +87,7 @@ def evaluate(checkpoint: str | os.PathLike, device: str | None = None, **flags: 
     The checkpoint's settings are the defaults; ``flags`` override them (``episode_test=100``,
     ``n_shot=1``). Writes no file. ``device`` None: CUDA when available.
     """
-    config = resolve(flags, base=load_checkpoint(checkpoint)["config"])
+    config = resolve(flags, command="test", saved=as_saved(load_checkpoint(checkpoint), checkpoint))
     dev = torch.device(device) if device is not None else select_device(config.cpu)
     return test_checkpoint(str(checkpoint), config, dev)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,6 @@ def setting(
     choices: tuple[str, ...] | None = None,
     train_only: bool = False,
     kind: str = "value",
-    derived: str | None = None,
     minimum: int | None = None,
     pretrain: bool = False,
 ) -> Any:
@@ -57,10 +57,9 @@ def setting(
     ``architecture``: fixes parameter shapes (checkpoints must agree). ``continuation``: may
     differ when a run is resumed. ``train_only``: not a flag of ``attnopt test``. ``kind``:
     how the command line takes it: "value", "switch" (``--cpu``), "toggle" (``--compile`` /
-    ``--no-compile``) or "bool" (``--pin-mem True``, the seed's style). ``derived``: how the
-    default follows other settings, for the help text. ``minimum``: the smallest value
-    allowed (None is allowed too when it is the default). ``pretrain``: also a flag of
-    ``attnopt pretrain``.
+    ``--no-compile``) or "bool" (``--pin-mem True``, the seed's style). ``minimum``: the
+    smallest value allowed (None is allowed too when it is the default). ``pretrain``: also a
+    flag of ``attnopt pretrain``. A default that follows other settings is in :data:`DERIVED`.
     """
     metadata = {
         "help": help,
@@ -70,7 +69,6 @@ def setting(
         "choices": choices,
         "train_only": train_only,
         "kind": kind,
-        "derived": derived,
         "minimum": minimum,
         "pretrain": pretrain,
     }
@@ -92,14 +90,12 @@ class Config:
         8,
         "passes over the support set",
         group="inner loop",
-        derived="8, or 12 for 1-shot",
         minimum=1,
     )
     batch_size: int = setting(
         25,
         "inner mini-batch size",
         group="inner loop",
-        derived="N*K, the whole support set",
         minimum=1,
     )
     # meta-learner and learner
@@ -115,7 +111,6 @@ class Config:
         "conv4: filters per layer; resnet12: the first block's channels (the others 2.5x, 5x, 10x)",
         group="model",
         architecture=True,
-        derived="32 for conv4, 64 for resnet12",
         minimum=1,
         pretrain=True,
     )
@@ -126,7 +121,6 @@ class Config:
         group="model",
         architecture=True,
         choices=ADAPT_MODES,
-        derived="all for conv4, head for resnet12",
     )
     input_size: int = setting(
         4, "meta-learner LSTM input size (must be 4)", group="model", architecture=True
@@ -210,7 +204,6 @@ class Config:
         1.0,
         "learning rate of c_I (the learned initialisation θ_0) relative to --lr",
         group="meta-training",
-        derived="0.1 when c_I starts from trained weights (--pretrain, --init) and K > 1, else 1",
     )
     grad_clip: float = setting(0.25, "meta-gradient norm clip", group="meta-training")
     meta_batch: int = setting(
@@ -342,7 +335,6 @@ class Config:
         group="pre-training",
         train_only=True,
         kind="toggle",
-        derived="on for --data folder with --backbone conv4, off with --init",
     )
     pretrain_epochs: int = setting(
         30,
@@ -460,27 +452,6 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {"augment": "auto"}
 PRETRAIN_BY_DEFAULT = tuple(data_set.name for data_set in REGISTRY if data_set.pretrain)
 
 
-def _set_pretrain(values: dict[str, Any], given: dict[str, Any]) -> None:
-    """``--pretrain``'s default in ``values`` of a new run (see :data:`PRETRAIN_BY_DEFAULT`):
-    only for Conv-4 (what ``attnopt pretrain`` trains), never with ``--init``, whose weights
-    already start c_I. UserError when the flag asks for either."""
-    backbone, init = values.get("backbone", Config.backbone), values.get("init")
-    if given.get("pretrain"):
-        if init:
-            raise UserError(
-                "--pretrain and --init exclude each other: --init already starts c_I from a "
-                "checkpoint's weights"
-            )
-        if backbone != "conv4":
-            raise UserError(
-                f"--pretrain trains Conv-4 features, not --backbone {backbone}; use "
-                "--backbone conv4 or --no-pretrain"
-            )
-    values.setdefault(
-        "pretrain", values["data"] in PRETRAIN_BY_DEFAULT and backbone == "conv4" and not init
-    )
-
-
 def preset_default(name: str) -> str | None:
     """'600 (glyphs), 50000 (miniimagenet, folder)' when the data set's preset sets field
     ``name``; None when the default is the same for every data set."""
@@ -511,23 +482,64 @@ def _given(flags: dict[str, Any]) -> dict[str, Any]:
 TRAINED_INIT_LR_SCALE = 0.1
 
 
-def _init_lr_scale(values: dict[str, Any], n_shot: int) -> float:
-    """``--init-lr-scale``'s default: see :data:`TRAINED_INIT_LR_SCALE`."""
+@dataclass(frozen=True)
+class Derived:
+    """A default that follows other settings: ``text`` for the help, ``rule`` computes it from
+    the settings known so far (a dict that may lack any of them)."""
+
+    text: str
+    rule: Callable[[dict[str, Any]], Any]
+
+
+def _value(values: dict[str, Any], name: str) -> Any:
+    return values.get(name, getattr(Config, name))
+
+
+def _pretrain_rule(values: dict[str, Any]) -> bool:
+    """See :data:`PRETRAIN_BY_DEFAULT`: only Conv-4 (what ``attnopt pretrain`` trains), and
+    never with ``--init``, whose weights already start c_I."""
+    backbone = _value(values, "backbone")
+    return values["data"] in PRETRAIN_BY_DEFAULT and backbone == "conv4" and not values.get("init")
+
+
+def _init_lr_scale_rule(values: dict[str, Any]) -> float:
+    """See :data:`TRAINED_INIT_LR_SCALE`."""
     trained = bool(values.get("pretrain") or values.get("init"))
-    return TRAINED_INIT_LR_SCALE if trained and n_shot > 1 else 1.0
+    return TRAINED_INIT_LR_SCALE if trained and _value(values, "n_shot") > 1 else 1.0
+
+
+# The defaults that depend on other settings, in the order they are computed (--init-lr-scale
+# reads --pretrain). --epoch and --batch-size are the original authors' configuration.
+DERIVED: dict[str, Derived] = {
+    "width": Derived(
+        "32 for conv4, 64 for resnet12",
+        lambda v: DEFAULT_WIDTH.get(_value(v, "backbone"), Config.width),
+    ),
+    "adapt": Derived(
+        "all for conv4, head for resnet12",
+        lambda v: DEFAULT_ADAPT.get(_value(v, "backbone"), Config.adapt),
+    ),
+    "epoch": Derived("8, or 12 for 1-shot", lambda v: 12 if _value(v, "n_shot") == 1 else 8),
+    "batch_size": Derived(
+        "N*K, the whole support set", lambda v: _value(v, "n_class") * _value(v, "n_shot")
+    ),
+    "pretrain": Derived(
+        f"on for --data {' or '.join(PRETRAIN_BY_DEFAULT)} with --backbone conv4, off with --init",
+        _pretrain_rule,
+    ),
+    "init_lr_scale": Derived(
+        f"{TRAINED_INIT_LR_SCALE} when c_I starts from trained weights (--pretrain, --init) and "
+        "K > 1, else 1",
+        _init_lr_scale_rule,
+    ),
+}
 
 
 def _with_derived(values: dict[str, Any]) -> Config:
-    """Fill in the defaults that depend on other settings and validate: ``--epoch`` is 12 for
-    1-shot and 8 otherwise, and ``--batch-size`` is the whole support set (N*K), as in the
-    original authors' configuration; ``--init-lr-scale`` as :func:`_init_lr_scale` says."""
-    n_shot = values.get("n_shot", Config.n_shot)
-    backbone = values.get("backbone", Config.backbone)
-    values.setdefault("width", DEFAULT_WIDTH.get(backbone, Config.width))
-    values.setdefault("adapt", DEFAULT_ADAPT.get(backbone, Config.adapt))
-    values.setdefault("epoch", 12 if n_shot == 1 else 8)
-    values.setdefault("batch_size", values.get("n_class", Config.n_class) * n_shot)
-    values.setdefault("init_lr_scale", _init_lr_scale(values, n_shot))
+    """The Config of ``values`` with the :data:`DERIVED` defaults it lacks, validated."""
+    for name, derived in DERIVED.items():
+        if name not in values:
+            values[name] = derived.rule(values)
     try:
         config = Config(**values)
     except TypeError as e:  # a setting of the wrong kind (e.g. from a damaged file)
@@ -536,70 +548,112 @@ def _with_derived(values: dict[str, Any]) -> Config:
     return config
 
 
-def resolve(flags: dict[str, Any], base: Config | None = None) -> Config:
-    """The Config for the flags a user gave (None = not given) on top of ``base``.
+@dataclass(frozen=True)
+class Saved:
+    """The checkpoint a run starts from, as :func:`resolve` needs it (the caller loads it).
 
-    Without ``base`` (a new run) the data set's preset supplies what the flags leave out.
-    ``base`` is a checkpoint's config when testing it: any flag may change, and ``--epoch``
-    and ``--batch-size`` follow a new ``--n-shot`` or ``--n-class`` unless given.
+    ``pretrained``: a feature extractor from ``attnopt pretrain``; ``run_dir``: the run folder
+    it belongs to (where a resumed run goes on).
     """
+
+    config: Config
+    pretrained: bool = False
+    path: str | None = None
+    run_dir: str | None = None
+
+
+COMMANDS = ("train", "pretrain", "test")
+
+
+def resolve(flags: dict[str, Any], *, command: str = "train", saved: Saved | None = None) -> Config:
+    """The Config for the flags a user gave (None = not given), from the command line or the
+    API: the layers (data set preset, ``saved``, flags) are chosen here, then the
+    :data:`DERIVED` defaults fill what they leave out.
+
+    ``train``: a new run on the data set's preset; with ``--resume`` the run of ``saved``
+    continued; with ``--init`` a new run from ``saved``'s weights. ``pretrain``:
+    :data:`PRETRAIN_DEFAULTS` before the preset. ``test``: ``saved``'s settings, any of them
+    changed by a flag (so also a Config edited from Python), ``--epoch`` and ``--batch-size``
+    following a new ``--n-shot`` or ``--n-class`` unless given.
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"command must be one of {COMMANDS}, got {command!r}")
     given = _given(flags)
-    data = given.get("data", base.data if base else Config.data)
+    if command == "pretrain":
+        return _with_derived(_new_run({**PRETRAIN_DEFAULTS, **given}))
+    if command == "train" and not (given.get("resume") or given.get("init")):
+        return _with_derived(_new_run(given))
+    if saved is None:
+        raise ValueError(f"resolve needs the saved checkpoint (saved=) for {command} here")
+    if command == "test":
+        return _with_derived(_changed(saved.config, given))
+    if given.get("resume"):
+        return _with_derived(_resumed(saved, given))
+    if saved.pretrained:  # features only: the pre-training's Conv-4 and images
+        start = {"image_size": saved.config.image_size, "width": saved.config.width}
+        return _with_derived(_new_run({**start, **given}))
+    return _with_derived(_new_run(given, saved.config.architecture()))
+
+
+def _data(given: dict[str, Any], default: str) -> str:
+    data = given.get("data", default)
     if data not in DATA_SETS:
         raise UserError(f"--data {data!r} is not one of {', '.join(DATA_SETS)}")
-    if base is None:
-        values = {**PRESETS[data], **given, "data": data}
-        _set_pretrain(values, given)
-    else:
-        values = {**base.to_dict(), **given}
-        if "n_shot" in given or "n_class" in given:
-            for derived in ("epoch", "batch_size"):
-                if derived not in given:
-                    del values[derived]
-    return _with_derived(values)
+    return data
 
 
-def resolve_pretrain(flags: dict[str, Any]) -> Config:
-    """The Config of ``attnopt pretrain``: :func:`resolve` with :data:`PRETRAIN_DEFAULTS`
-    before the data set's preset."""
-    return resolve({**PRETRAIN_DEFAULTS, **_given(flags)})
+def _new_run(given: dict[str, Any], start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A new run's settings: the data set's preset, then ``start`` (the architecture of the
+    checkpoint of ``--init``), then the flags. UserError where ``--pretrain`` cannot run."""
+    data = _data(given, Config.data)
+    values = {**PRESETS[data], **(start or {}), **given, "data": data}
+    if given.get("pretrain"):
+        backbone = _value(values, "backbone")
+        if values.get("init"):
+            raise UserError(
+                "--pretrain and --init exclude each other: --init already starts c_I from a "
+                "checkpoint's weights"
+            )
+        if backbone != "conv4":
+            raise UserError(
+                f"--pretrain trains Conv-4 features, not --backbone {backbone}; use "
+                "--backbone conv4 or --no-pretrain"
+            )
+    return values
 
 
-def resume_config(flags: dict[str, Any], saved: Config, checkpoint: str, run_dir: str) -> Config:
-    """The Config of a resumed run: the checkpoint's settings (``saved``), with the
-    continuation flags that were given (``--episode``, ``--lr``, ...), saving into ``run_dir``
-    (the checkpoint's run folder) unless ``--save`` says otherwise.
+def _changed(saved: Config, given: dict[str, Any]) -> dict[str, Any]:
+    """``saved``'s settings with the flags', its derived ones following the flags."""
+    _data(given, saved.data)
+    values = {**saved.to_dict(), **given}
+    if "n_shot" in given or "n_class" in given:
+        for name in ("epoch", "batch_size"):
+            if name not in given:
+                del values[name]
+    return values
+
+
+def _resumed(saved: Saved, given: dict[str, Any]) -> dict[str, Any]:
+    """A resumed run's settings: the checkpoint's, with the continuation flags that were given
+    (``--episode``, ``--lr``, ...), saving into its run folder unless ``--save`` says otherwise.
 
     Any other flag that disagrees with the checkpoint is a UserError: a resumed run is the
     same run; a new run from the checkpoint's weights is ``--init``.
     """
-    given = _given(flags)
     if given.get("init"):
         raise UserError("--resume and --init exclude each other: continue a run, or start one")
+    config, checkpoint = saved.config, saved.path
     continuation = {f.name for f in fields_where("continuation")}
     for name, value in given.items():
-        if name not in continuation and value != getattr(saved, name):
+        if name not in continuation and value != getattr(config, name):
             allowed = ", ".join(flag(n) for n in sorted(continuation - {"resume", "save"}))
             raise UserError(
                 f"{flag(name)} {value} disagrees with checkpoint {checkpoint}, which was "
-                f"trained with {flag(name)} {getattr(saved, name)}; a resumed run keeps its "
+                f"trained with {flag(name)} {getattr(config, name)}; a resumed run keeps its "
                 f"settings (it may change only {allowed}); to start a new run from its "
                 f"weights, use --init {checkpoint} --save NEW_FOLDER"
             )
-    return _with_derived({**saved.to_dict(), "save": run_dir, **given, "init": saved.init})
-
-
-def init_config(flags: dict[str, Any], saved: Config) -> Config:
-    """The Config of a new run started from a checkpoint's weights (``--init``): the data
-    set's preset and the flags, with the checkpoint's architecture unless a flag says
-    otherwise (which the weights then must fit)."""
-    given = _given(flags)
-    data = given.get("data", Config.data)
-    if data not in DATA_SETS:
-        raise UserError(f"--data {data!r} is not one of {', '.join(DATA_SETS)}")
-    values = {**PRESETS[data], **saved.architecture(), **given, "data": data}
-    _set_pretrain(values, given)
-    return _with_derived(values)
+    return {**config.to_dict(), "save": saved.run_dir, **given, "init": config.init}
 
 
 def validate(config: Config) -> None:

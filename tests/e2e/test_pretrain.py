@@ -202,12 +202,12 @@ def test_pretraining_augments_even_where_meta_training_does_not(data: str, tmp_p
     """Pre-training without augmentation over-fits its classes and gives meta-training
     nothing (benchmarks/README.md): ``--augment auto`` unless the flag says otherwise, also
     for the presets that meta-train without it."""
-    from attnopt.config import resolve, resolve_pretrain
+    from attnopt.config import resolve
 
     flags = {"data": data, "data_root": str(tmp_path), "save": str(tmp_path / "pt")}
-    assert resolve_pretrain(flags).augment == "auto"
-    assert resolve_pretrain({**flags, "augment": "none"}).augment == "none"
-    assert resolve_pretrain({**flags, "augment": None}).augment == "auto"  # flag not given
+    assert resolve(flags, command="pretrain").augment == "auto"
+    assert resolve({**flags, "augment": "none"}, command="pretrain").augment == "none"
+    assert resolve({**flags, "augment": None}, command="pretrain").augment == "auto"  # not given
     if data != "glyphs":
         assert resolve(flags).augment == "none"  # meta-training's default is unchanged
 
@@ -298,14 +298,15 @@ def test_a_run_from_weights_starts_c_init_slower_and_keeps_that_on_resume(
     pretrained: tuple[Path, Path],
 ) -> None:
     from attnopt.api import train_config
-    from attnopt.config import resume_config
+    from attnopt.config import Saved, resolve
 
     data, path = pretrained
     flags = {"init": str(path), "data": "folder", "data_root": str(data)}
     assert train_config(flags).init_lr_scale == 0.1
     assert train_config({**flags, "n_shot": 1}).init_lr_scale == 1.0
     older = replace(train_config(flags), init_lr_scale=1.0)  # a run from before this default
-    assert resume_config({}, older, "ckpt.pt", "run").init_lr_scale == 1.0
+    resumed = Saved(older, path="ckpt.pt", run_dir="run")
+    assert resolve({"resume": "ckpt.pt"}, saved=resumed).init_lr_scale == 1.0
 
 
 def test_a_run_from_weights_does_not_pretrain(pretrained: tuple[Path, Path]) -> None:

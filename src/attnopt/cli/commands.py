@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from attnopt.config import PRETRAIN_DEFAULTS, Config, flag, preset_default
+from attnopt.config import DERIVED, PRETRAIN_DEFAULTS, Config, flag, preset_default
 from attnopt.errors import Interrupted, UserError, one_line, printable
 
 log = logging.getLogger("attnopt")
@@ -51,8 +51,8 @@ def _help(field: dataclasses.Field, command: str) -> str:
     by_data = preset_default(field.name)
     if by_data:
         return f"{text} (default by --data: {by_data})"
-    if field.metadata["derived"]:
-        return f"{text} (default: {field.metadata['derived']})"
+    if field.name in DERIVED:
+        return f"{text} (default: {DERIVED[field.name].text})"
     if field.default is None or field.metadata["kind"] in ("switch", "toggle"):
         return text
     return f"{text} (default: {field.default})"
@@ -185,10 +185,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from attnopt.config import resolve_pretrain
+    from attnopt.config import resolve
     from attnopt.training.pretrain import pretrain
 
-    result = pretrain(resolve_pretrain(_settings(args)), args.overwrite)
+    result = pretrain(resolve(_settings(args), command="pretrain"), args.overwrite)
     print(
         f"pre-trained {result.checkpoint}: training loss {result.loss:.4f}, accuracy "
         f"{result.accuracy:.2f}% in the last epoch (augmented images)"
@@ -200,14 +200,14 @@ def _test(args: argparse.Namespace) -> None:
     from attnopt.runs import folder as runfolder
     from attnopt.runs import records
     from attnopt.runtime.device import select_device
-    from attnopt.training.checkpoint import load_checkpoint, refuse_pretrained
+    from attnopt.training.checkpoint import as_saved, load_checkpoint, refuse_pretrained
     from attnopt.training.evaluation import test_checkpoint
 
     if not args.resume:
         raise UserError("test needs --resume CKPT, the checkpoint to evaluate")
     ckpt = load_checkpoint(args.resume)
     refuse_pretrained(ckpt, args.resume)
-    config = resolve(_settings(args), base=ckpt["config"])
+    config = resolve(_settings(args), command="test", saved=as_saved(ckpt, args.resume))
     run_dir = Path(args.save) if args.save else runfolder.run_dir_of(args.resume)
     device = select_device(config.cpu)
     log.info("testing %s on %d episodes (%s)", args.resume, config.episode_test, device.type)

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnopt.config import Config, flag, validate
+from attnopt.config import Config, Saved, flag, validate
 from attnopt.errors import UserError
 from attnopt.models.build import FewShotModel, build_model
 from attnopt.runs.fileio import atomic_write
+from attnopt.runs.folder import run_dir_of
 
 FORMAT = "attnopt-checkpoint"
 VERSION = 1
@@ -258,3 +259,8 @@ def refuse_pretrained(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
             f"{path} is a feature extractor from attnopt pretrain, not a meta-trained model; "
             f"start a new run from it with attnopt train --init {path}"
         )
+
+
+def as_saved(ckpt: dict[str, Any], path: str | os.PathLike) -> Saved:
+    """What :func:`attnopt.config.resolve` needs of the checkpoint ``ckpt`` loaded from ``path``."""
+    return Saved(ckpt["config"], ckpt["kind"] == PRETRAINED, str(path), str(run_dir_of(path)))
