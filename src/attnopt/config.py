@@ -581,12 +581,12 @@ def resolve(flags: dict[str, Any], *, command: str = "train", saved: Saved | Non
     given = _given(flags)
     if command == "pretrain":
         return _with_derived(_new_run({**PRETRAIN_DEFAULTS, **given}))
-    if command == "train" and not (given.get("resume") or given.get("init")):
-        return _with_derived(_new_run(given))
-    if saved is None:
-        raise ValueError(f"resolve needs the saved checkpoint (saved=) for {command} here")
     if command == "test":
+        if saved is None:
+            raise ValueError("resolve needs the checkpoint to test (saved=)")
         return _with_derived(_changed(saved.config, given))
+    if saved is None or not (given.get("resume") or given.get("init")):  # a new run
+        return _with_derived(_new_run(given))
     if given.get("resume"):
         return _with_derived(_resumed(saved, given))
     if saved.pretrained:  # features only: the pre-training's Conv-4 and images
