@@ -210,62 +210,65 @@ class ModuleLearner(Learner):
         every block's output width (channels of a map, or the length of feature vectors)."""
         n = PROBE_SUPPORT + PROBE_QUERY
         g = torch.Generator().manual_seed(0)
-        shape = (n, self.in_channels, self.image_size, self.image_size)
-        x = torch.randn(shape, generator=g)
+        x = torch.randn((n, self.in_channels, self.image_size, self.image_size), generator=g)
         blocks = range(len(self._block_fns))
         buffers = [{k: v.clone() for k, v in self._buffers_of(b).items()} for b in blocks]
-
-        def features(images: torch.Tensor) -> list[torch.Tensor]:
-            outputs, h = [], images
-            for b in range(len(self._block_fns)):
-                try:
-                    h = self._call_block(b, self._initial[b], h, PROBE_SUPPORT, "support")
-                except UserError:
-                    raise
-                except Exception as e:
-                    raise UserError(
-                        f"the backbone failed on a batch of images of shape {tuple(shape)} "
-                        f"(block {b + 1} of {len(self._block_fns)}): {type(e).__name__}: {e}"
-                    ) from e
-                outputs.append(h)
-            return outputs
-
         with torch.no_grad():
-            first = features(x)
-            out = first[-1]
-            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise UserError(
-                    f"the backbone maps {n} images of shape {tuple(shape[1:])} to {got}; it must "
-                    f"give one feature vector per image, ({n}, F): end it with nn.Flatten() or "
-                    "a pooling layer"
-                )
-            if not out.is_floating_point():
-                raise UserError(f"the backbone's features are {out.dtype}; they must be floats")
-            for b in blocks:
-                for name, after in self._buffers_of(b).items():
-                    if not torch.equal(buffers[b][name], after):
-                        raise UserError(
-                            f"backbone buffer {name!r} changed during a forward pass; buffers "
-                            "must stay constant (state carried between calls would leak "
-                            "information between tasks)"
-                        )
-            if not torch.equal(features(x)[-1], out):
-                raise UserError(
-                    "the backbone gives different features for the same images on two calls "
-                    "(dropout or other randomness); remove it: adaptation must be deterministic"
-                )
-            other = x.clone()
-            other[-1] = torch.randn(shape[1:], generator=g)
-            if not torch.allclose(features(other)[-1][:-1], out[:-1], rtol=1e-4, atol=1e-5):
-                raise UserError(
-                    "the backbone's features for one image depend on the other query images of "
-                    "the batch (a layer that mixes images, or a normalisation over the batch "
-                    "that is not an nn.BatchNorm layer); each image must be processed on its own"
-                )
+            first = self._probe(x)
+            _check_features(first[-1], x.shape)
+            self._check_buffers_kept(buffers)
+            self._check_per_image(x, first[-1], g)
             self._batched = self._vmap_works(x)
+        return self._block_widths(first)
+
+    def _probe(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's output for a probe batch (its first PROBE_SUPPORT images the support
+        set); UserError naming the block that fails."""
+        outputs, h = [], images
+        for b in range(len(self._block_fns)):
+            try:
+                h = self._call_block(b, self._initial[b], h, PROBE_SUPPORT, "support")
+            except UserError:
+                raise
+            except Exception as e:
+                raise UserError(
+                    f"the backbone failed on a batch of images of shape {tuple(images.shape)} "
+                    f"(block {b + 1} of {len(self._block_fns)}): {type(e).__name__}: {e}"
+                ) from e
+            outputs.append(h)
+        return outputs
+
+    def _check_buffers_kept(self, before: list[dict[str, torch.Tensor]]) -> None:
+        for b, saved in enumerate(before):
+            for name, after in self._buffers_of(b).items():
+                if not torch.equal(saved[name], after):
+                    raise UserError(
+                        f"backbone buffer {name!r} changed during a forward pass; buffers "
+                        "must stay constant (state carried between calls would leak "
+                        "information between tasks)"
+                    )
+
+    def _check_per_image(self, x: torch.Tensor, out: torch.Tensor, g: torch.Generator) -> None:
+        """The same features on a second call, and an image's features independent of the
+        other query images."""
+        if not torch.equal(self._probe(x)[-1], out):
+            raise UserError(
+                "the backbone gives different features for the same images on two calls "
+                "(dropout or other randomness); remove it: adaptation must be deterministic"
+            )
+        other = x.clone()
+        other[-1] = torch.randn(x.shape[1:], generator=g)
+        if not torch.allclose(self._probe(other)[-1][:-1], out[:-1], rtol=1e-4, atol=1e-5):
+            raise UserError(
+                "the backbone's features for one image depend on the other query images of "
+                "the batch (a layer that mixes images, or a normalisation over the batch "
+                "that is not an nn.BatchNorm layer); each image must be processed on its own"
+            )
+
+    def _block_widths(self, outputs: list[torch.Tensor]) -> list[int]:
+        """Every block's output width; UserError where the cross-attention cannot follow."""
         widths = []
-        for b, h in enumerate(first):
+        for b, h in enumerate(outputs):
             if self.cross_attention and b == self.attn_block - 1 and h.dim() not in (2, 4):
                 raise UserError(
                     f"the cross-attention after block {b + 1} needs feature maps (n, C, h, w) "
@@ -345,6 +348,20 @@ class ModuleLearner(Learner):
             return y.to(like.dtype)
         tasks, n, c, height, width = like.shape
         return y.view(tasks, n, height, width, c).permute(0, 1, 4, 2, 3).to(like.dtype)
+
+
+def _check_features(out: Any, shape: torch.Size) -> None:
+    """UserError unless the backbone gave one float feature vector per image."""
+    n = shape[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(
+            f"the backbone maps {n} images of shape {tuple(shape[1:])} to {got}; it must "
+            f"give one feature vector per image, ({n}, F): end it with nn.Flatten() or "
+            "a pooling layer"
+        )
+    if not out.is_floating_point():
+        raise UserError(f"the backbone's features are {out.dtype}; they must be floats")
 
 
 def learner_from_build(
