@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from attnopt.adapt import adapt, query_logits
 from attnopt.models.learner import Conv4Learner, reference_module
-from attnopt.models.metalearner import MetaLearner, _cell_update, _LstmCell, preprocess
+from attnopt.models.metalearner import MetaLearner, preprocess
 
 
 @pytest.fixture
@@ -170,40 +170,6 @@ def test_hidden_major_lstm_cell_equals_torch_lstm_cell(tasks: tuple[int, ...]) -
     )
     torch.testing.assert_close(new_h.transpose(-1, -2).reshape(rows), ref_h)
     torch.testing.assert_close(new_c.transpose(-1, -2).reshape(rows), ref_c)
-
-
-@pytest.mark.parametrize("tasks", [(), (3,)])
-@pytest.mark.parametrize("used", ["both", "h", "c"])
-def test_lstm_cell_backward_written_out_equals_autograd(tasks: tuple[int, ...], used: str) -> None:
-    """The cell's hand-written backward gives autograd's gradients of the same equations,
-    also when only h_t or only c_t is used downstream (the other's gradient is None)."""
-    torch.manual_seed(0)
-    hidden, k, p = 5, 8, 300
-    weight = torch.randn(*tasks, 4 * hidden, k)
-    inputs, c = torch.randn(*tasks, k, p), torch.randn(*tasks, hidden, p)
-    d_h, d_c = torch.randn(2, *tasks, hidden, p).unbind(0)
-
-    def gradients(cell) -> tuple[torch.Tensor, ...]:
-        leaves = [t.clone().requires_grad_() for t in (weight, inputs, c)]
-        h_new, c_new = cell(*leaves)
-        outputs = {"both": (h_new, c_new), "h": (h_new,), "c": (c_new,)}[used]
-        cotangents = {"both": (d_h, d_c), "h": (d_h,), "c": (d_c,)}[used]
-        return (h_new, c_new, *torch.autograd.grad(outputs, leaves, cotangents))
-
-    written = gradients(lambda w, x, c: _LstmCell.apply(w, x, c, hidden)[:2])
-    by_autograd = gradients(lambda w, x, c: _cell_update(torch.matmul(w, x), c, hidden))
-    for got, expected in zip(written, by_autograd, strict=True):
-        torch.testing.assert_close(got, expected)
-
-
-def test_lstm_cell_gradcheck_in_float64() -> None:
-    torch.manual_seed(1)
-    hidden = 3
-    leaves = [
-        torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-        for shape in ((2, 4 * hidden, 6), (2, 6, 7), (2, hidden, 7))
-    ]
-    assert torch.autograd.gradcheck(lambda *a: _LstmCell.apply(*a, hidden)[:2], leaves)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -178,9 +177,7 @@ class MetaLearner(nn.Module):
             (preprocess(grad, dim=-2), h, grad.new_ones(*lead, 1, grad.shape[-1])), -2
         )
         columns = self.backend.cell_columns
-        if torch.is_grad_enabled():  # a graph to record: the whole cell, its backward by hand
-            return _LstmCell.apply(weight, inputs, c, hidden)[:2]
-        if columns is None:
+        if columns is None or torch.is_grad_enabled():  # a graph to record: the whole cell
             return _cell_update(torch.matmul(weight, inputs), c, hidden)
         # The same operations on column blocks (:class:`attnopt.models.backend.Backend`): the
         # same result up to the rounding of the product (BLAS may round a narrow last block
@@ -200,67 +197,11 @@ def _cell_update(
     gates: torch.Tensor, c: torch.Tensor, hidden: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The LSTM's h_t, c_t from its gate pre-activations (*tasks, 4·hidden, P) and c_{t-1}."""
-    return _cell_activations(gates, c, hidden)[:2]
-
-
-def _cell_activations(
-    gates: torch.Tensor, c: torch.Tensor, hidden: int
-) -> tuple[torch.Tensor, ...]:
-    """h_t, c_t, then σ(i), σ(f), tanh(g), σ(o) and tanh(c_t), which the backward reads."""
+    # split, not sliced: the backward of a split is one concatenation, while each slice's
+    # backward would fill a zero tensor the size of all the gates
     in_gate, forget, cell, out = gates.split(hidden, dim=-2)
-    i, f, g, o = torch.sigmoid(in_gate), torch.sigmoid(forget), torch.tanh(cell), torch.sigmoid(out)
-    c = torch.addcmul(f * c, i, g)  # c_t = f ⊙ c_{t-1} + i ⊙ g
-    tanh_c = torch.tanh(c)
-    return o * tanh_c, c, i, f, g, o, tanh_c
-
-
-class _LstmCell(torch.autograd.Function):
-    """The gate product W·x and :func:`_cell_update`, with the backward written out.
-
-    Autograd's backward of the same operations is a dozen elementwise passes over (hidden, P)
-    tensors plus the concatenation that a split's backward makes of the four gates' gradients;
-    here each gate's gradient is written into its block of one (4·hidden, P) tensor, and the
-    weight's gradient is taken as (x·∂gatesᵀ)ᵀ, which BLAS spreads over the CPU's threads
-    (∂gates·xᵀ, a reduction over P coordinates into 80 x 23 numbers, ran on one). The same
-    kernels autograd calls, so the same numbers, but for the weight's gradient, a sum over P
-    in another order (tests/unit/test_metalearner.py).
-    """
-
-    @staticmethod
-    def forward(
-        weight: torch.Tensor, inputs: torch.Tensor, c: torch.Tensor, hidden: int
-    ) -> tuple[torch.Tensor, ...]:
-        return _cell_activations(torch.matmul(weight, inputs), c, hidden)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        weight, x, c, _ = inputs
-        ctx.save_for_backward(weight, x, c, *output[2:])
-        ctx.mark_non_differentiable(*output[2:])
-
-    @staticmethod
-    def backward(ctx: Any, d_h: torch.Tensor | None, d_c: torch.Tensor | None, *_: Any) -> tuple:
-        weight, x, c, i, f, g, o, tanh_c = ctx.saved_tensors
-        sigmoid_backward, tanh_backward = (
-            torch.ops.aten.sigmoid_backward,
-            torch.ops.aten.tanh_backward,
-        )
-        d_gates = torch.empty(
-            *i.shape[:-2], 4 * i.shape[-2], i.shape[-1], dtype=i.dtype, device=i.device
-        )
-        d_in, d_forget, d_cell, d_out = d_gates.split(i.shape[-2], dim=-2)
-        d_c = torch.zeros_like(c) if d_c is None else d_c
-        if d_h is not None:  # h_t = o ⊙ tanh(c_t)
-            sigmoid_backward.grad_input(d_h * tanh_c, o, grad_input=d_out)
-            d_c = d_c + tanh_backward(d_h * o, tanh_c)
-        else:
-            d_out.zero_()
-        sigmoid_backward.grad_input(d_c * g, i, grad_input=d_in)
-        sigmoid_backward.grad_input(d_c * c, f, grad_input=d_forget)
-        tanh_backward.grad_input(d_c * i, g, grad_input=d_cell)
-        d_weight = torch.matmul(x, d_gates.transpose(-1, -2)).transpose(-1, -2)
-        d_x = torch.matmul(weight.transpose(-1, -2), d_gates)
-        return d_weight, d_x, d_c * f, None
+    c = torch.addcmul(torch.sigmoid(forget) * c, torch.sigmoid(in_gate), torch.tanh(cell))
+    return torch.sigmoid(out) * torch.tanh(c), c
 
 
 def chunk_layout(tensor_sizes: Sequence[int], chunk: int) -> list[tuple[int, int]]:
