@@ -233,7 +233,7 @@ def test_help_shows_the_defaults_of_the_config_and_of_each_data_sets_preset(caps
         build_parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--hidden-size HIDDEN_SIZE meta-learner LSTM hidden size (default: 20)" in text
-    assert "(default by --data: 600 (glyphs), 50000 (miniimagenet, folder," in text
+    assert "(default by --data: 400 (glyphs), 50000 (miniimagenet, folder," in text
     assert "--max-bad-steps" in text and "--deterministic" in text and "--overwrite" in text
 
 
