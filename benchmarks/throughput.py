@@ -79,13 +79,7 @@ def measure(
     model = compile_model(build_model(config, channels, device), COMPILED[compiled])
     optimizer = torch.optim.Adam(model.param_groups(config.lr, config.attn_lr_scale))
     guard = DivergenceGuard(model.parameters(), optimizer, config.grad_clip, 10, Path("unused"))
-    # channels-last, as the episode sampler delivers images
-    episodes = Episode(
-        support_x=torch.randn(tasks, n * k, size, size, channels, device=device).movedim(-1, 2),
-        support_y=torch.arange(n, device=device).repeat(k).expand(tasks, -1),
-        query_x=torch.randn(tasks, n * q, size, size, channels, device=device).movedim(-1, 2),
-        query_y=torch.arange(n, device=device).repeat(q).expand(tasks, -1),
-    )
+    episodes = synthetic_episodes(name, tasks, device)
     inner = InnerLoop(epochs, batch)
     threads = governor(device)
 
@@ -124,6 +118,18 @@ def measure(
         f"{'fp32' if amp == 'none' else amp} episodes/s={statistics.median(rates):.2f} "
         f"(runs: {', '.join(f'{r:.2f}' for r in rates)}) cpu_ms/episode={cpu_ms:.0f} "
         f"peak_mem_mb={peak_memory_mb(device):.0f} warmup_s={warmup:.1f}"
+    )
+
+
+def synthetic_episodes(name: str, tasks: int, device: torch.device) -> Episode:
+    """``tasks`` episodes of random images at configuration ``name``'s shapes, channels-last
+    as the episode sampler delivers them."""
+    channels, size, n, k, q = CONFIGS[name][:5]
+    return Episode(
+        support_x=torch.randn(tasks, n * k, size, size, channels, device=device).movedim(-1, 2),
+        support_y=torch.arange(n, device=device).repeat(k).expand(tasks, -1),
+        query_x=torch.randn(tasks, n * q, size, size, channels, device=device).movedim(-1, 2),
+        query_y=torch.arange(n, device=device).repeat(q).expand(tasks, -1),
     )
 
 

@@ -12,12 +12,13 @@ updates after two warm-up updates. Never run by CI.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-from throughput import CONFIGS, fix_threads, thread_count
+from throughput import CONFIGS, fix_threads, synthetic_episodes, thread_count
 
 from attnopt.adapt import adapt, query_logits
 from attnopt.config import ATTENTION_MODES, resolve
@@ -34,11 +35,9 @@ def measure(name: str, attention: str, repeats: int) -> str:
     config = resolve(dict(n_class=n, n_shot=k, image_size=size, attention=attention))
     model = build_model(config, channels)
     learner, meta = model.learner, model.metalearner
-    # channels-last, as the episode sampler delivers images
-    support_x = torch.randn(1, n * k, size, size, channels).movedim(-1, 2)
-    support_y = torch.arange(n).repeat(k).expand(1, -1)
-    query_x = torch.randn(1, n * q, size, size, channels).movedim(-1, 2)
-    query_y = torch.arange(n).repeat(q).expand(1, -1)
+    episode = synthetic_episodes(name, 1, torch.device("cpu"))
+    support_x, support_y = episode.support_x, episode.support_y
+    query_x, query_y = episode.query_x, episode.query_y
     times: dict[str, list[float]] = {part: [] for part in PARTS}
     for run in range(repeats + 2):
         theta = meta.c_init[None].clone()
@@ -59,7 +58,7 @@ def measure(name: str, attention: str, repeats: int) -> str:
         query_loss.backward()
         clock.append(time.perf_counter())
         if run >= 2:  # two warm-up updates: kernel selection, the allocator
-            for part, start, end in zip(PARTS[:-1], clock, clock[1:], strict=True):
+            for part, (start, end) in zip(PARTS[:-1], itertools.pairwise(clock), strict=True):
                 times[part].append(1000 * (end - start))
             times["update"].append(1000 * (clock[-1] - clock[2]))
     medians = ", ".join(f"{part}={statistics.median(times[part]):.1f}" for part in PARTS)
