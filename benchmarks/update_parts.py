@@ -38,11 +38,11 @@ def measure(name: str, attention: str, repeats: int) -> str:
     episode = synthetic_episodes(name, 1, torch.device("cpu"))
     support_x, support_y = episode.support_x, episode.support_y
     query_x, query_y = episode.query_x, episode.query_y
+    first = slice(0, batch)  # the first support mini-batch
     times: dict[str, list[float]] = {part: [] for part in PARTS}
     for run in range(repeats + 2):
         theta = meta.c_init[None].clone()
         clock = [time.perf_counter()]
-        first = slice(0, batch)  # the first support mini-batch
         loss, grad = learner.loss_and_grad(
             theta.detach(), support_x[:, first], support_y[:, first], None, None
         )

@@ -455,7 +455,7 @@ PRETRAIN_BY_DEFAULT = tuple(data_set.name for data_set in REGISTRY if data_set.p
 
 
 def preset_default(name: str) -> str | None:
-    """'600 (glyphs), 50000 (miniimagenet, folder)' when the data set's preset sets field
+    """'400 (glyphs), 50000 (miniimagenet, folder)' when the data set's preset sets field
     ``name``; None when the default is the same for every data set."""
     if not any(name in preset for preset in PRESETS.values()):
         return None
